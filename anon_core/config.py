@@ -1,0 +1,117 @@
+"""The pipeline's configuration schema and defaults (plain dataclasses; Hydra layers conf/ over them).
+
+Keys here are the keys of `--set key=value` in the CLI and of Hydra overrides in the jobs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from anon_core.masking.apply import MaskSpec
+from anon_core.media.image_io import MetadataPolicy
+from anon_core.video.settings import VideoSettings
+
+POLICIES = {
+    # What street-imagery anonymizers mask by default.
+    "default": ["face", "plate"],
+    # Everything we can detect: people as silhouettes and text (screens, badges, house numbers).
+    "full": ["face", "plate", "person", "text"],
+    "faces": ["face"],
+}
+
+
+@dataclass
+class DetectorSpec:
+    name: str = "face"
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+def _default_detectors() -> dict[str, DetectorSpec]:
+    return {
+        "face": DetectorSpec(
+            "face",
+            {"model": "retinaface", "threshold": 0.5, "scales": [1.0, 2.0], "flip": False, "max_side": 1920,
+             "tile_size": 960},
+        )
+    }
+
+
+def _default_masks() -> dict[str, MaskSpec]:
+    return {
+        "face": MaskSpec("blur", "ellipse", 1.3, {"strength": 0.25}),
+        "plate": MaskSpec("fill", "box", 1.15, {"color": [0, 0, 0]}),
+        "person": MaskSpec("blur", "silhouette", 1.05, {"strength": 0.12}),
+        "text": MaskSpec("fill", "box", 1.1, {"color": [0, 0, 0]}),
+    }
+
+
+@dataclass
+class Limits:
+    max_pixels: int = 178_956_970  # Pillow's own bomb threshold (2x its warning level)
+    max_side: int = 30_000
+    max_bytes: int = 2 * 1024**3
+    max_video_frames: int = 2_000_000
+
+
+@dataclass
+class ImageSettings:
+    jpeg_quality: int = 92
+
+
+@dataclass
+class AnonConfig:
+    policy: str = "default"
+    classes: list[str] = field(default_factory=list)  # explicit class list; overrides the policy when set
+    detectors: dict[str, DetectorSpec] = field(default_factory=_default_detectors)
+    masks: dict[str, MaskSpec] = field(default_factory=_default_masks)
+    metadata: MetadataPolicy = field(default_factory=MetadataPolicy)
+    limits: Limits = field(default_factory=Limits)
+    image: ImageSettings = field(default_factory=ImageSettings)
+    video: VideoSettings = field(default_factory=VideoSettings)
+    device: str = "auto"
+    # A class the policy asks for but no configured detector covers: fail the asset (safe) or only warn.
+    require_all_classes: bool = False
+
+    def wanted_classes(self) -> list[str]:
+        if self.classes:
+            return list(self.classes)
+        if self.policy not in POLICIES:
+            raise ValueError(f"unknown policy {self.policy!r}; known: {sorted(POLICIES)}")
+        return POLICIES[self.policy]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def hash(self) -> str:
+        """Stable hash of everything that changes output pixels or metadata (audit, resume)."""
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> AnonConfig:
+        d = dict(d or {})
+        cfg = cls()
+        for key in ("policy", "device", "require_all_classes"):
+            if key in d:
+                setattr(cfg, key, d[key])
+        if "classes" in d:
+            cfg.classes = list(d["classes"] or [])
+        if "detectors" in d:
+            cfg.detectors = {k: v if isinstance(v, DetectorSpec) else DetectorSpec(**v)
+                             for k, v in (d["detectors"] or {}).items() if v is not None}
+        if "masks" in d:
+            merged = _default_masks()
+            for k, v in (d["masks"] or {}).items():
+                merged[k] = v if isinstance(v, MaskSpec) else MaskSpec(**v)
+            cfg.masks = merged
+        if "metadata" in d:
+            cfg.metadata = MetadataPolicy(**d["metadata"])
+        if "limits" in d:
+            cfg.limits = Limits(**d["limits"])
+        if "image" in d:
+            cfg.image = ImageSettings(**d["image"])
+        if "video" in d:
+            cfg.video = d["video"] if isinstance(d["video"], VideoSettings) else VideoSettings.from_dict(d["video"])
+        return cfg

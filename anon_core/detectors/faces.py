@@ -1,0 +1,73 @@
+"""Face detectors registered by name: a raw network plus a multi-view inference plan."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from anon_core.detections import Detections
+from anon_core.detectors.base import register_detector
+from anon_core.detectors.face_models import FACE_MODELS
+from anon_core.detectors.multiview import fuse, plan_views, run_views
+from anon_core.weights import ModelInfo
+
+
+class FaceDetector:
+    classes = ("face",)
+
+    def __init__(
+        self,
+        model: str = "retinaface",
+        weights: str | None = None,
+        threshold: float = 0.5,
+        candidate_threshold: float | None = None,
+        scales: Sequence[float] = (1.0,),
+        max_side: int = 1920,
+        tile_size: int = 960,
+        flip: bool = False,
+        min_size: float = 0.0,
+        fuse_iou: float = 0.4,
+        batch_size: int = 8,
+        device: str = "auto",
+        fp16: bool = True,
+        threads: int = 0,
+    ):
+        self.net = FACE_MODELS[model](weights=weights, device=device, fp16=fp16, threads=threads)
+        self.threshold = float(threshold)
+        # Views are decoded at a lower score so that fusion sees weak evidence from each view.
+        self.candidate_threshold = float(candidate_threshold if candidate_threshold is not None else threshold)
+        self.scales = tuple(float(s) for s in scales)
+        self.max_side, self.tile_size, self.flip = int(max_side), int(tile_size), bool(flip)
+        self.min_size, self.fuse_iou, self.batch_size = float(min_size), float(fuse_iou), int(batch_size)
+
+    def info(self) -> ModelInfo:
+        return self.net.info()
+
+    def params(self) -> dict:
+        return {
+            "threshold": self.threshold,
+            "scales": list(self.scales),
+            "flip": self.flip,
+            "max_side": self.max_side,
+            "tile_size": self.tile_size,
+        }
+
+    def detect(self, frames: Sequence[np.ndarray]) -> list[Detections]:
+        views = []
+        for i, f in enumerate(frames):
+            views += plan_views(f.shape[:2], i, self.scales, self.max_side, self.flip, self.tile_size)
+        per_frame = run_views(self.net, frames, views, self.candidate_threshold, self.batch_size)
+        out = []
+        for i, f in enumerate(frames):
+            d = fuse(per_frame.get(i, []), self.fuse_iou, f.shape[1], f.shape[0], "face")
+            keep = d.scores >= self.threshold
+            if self.min_size:
+                keep &= d.wh.min(axis=1) >= self.min_size
+            out.append(d[keep])
+        return out
+
+
+@register_detector("face")
+def _face(**params) -> FaceDetector:
+    return FaceDetector(**params)

@@ -1,0 +1,156 @@
+"""Run a raw face network over several views of each frame (scales, flips, tiles) and merge.
+
+Recall is what matters for anonymization: small faces need upscaled views, profiles gain from
+a mirrored view, and large images are tiled so that no face falls below the network's smallest
+anchor. Views of equal size are batched together across frames.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from anon_core.boxes import iou_matrix
+from anon_core.detections import Detections
+
+
+@dataclass(frozen=True)
+class View:
+    frame: int
+    scale: float  # network pixels per image pixel
+    flip: bool
+    x0: int  # crop origin in image pixels
+    y0: int
+    x1: int
+    y1: int
+
+
+def _round_up(v: float, m: int) -> int:
+    return max(m, int(np.ceil(v / m) * m))
+
+
+def plan_views(
+    shape: tuple[int, int],
+    frame: int,
+    scales: Sequence[float],
+    max_side: int,
+    flip: bool,
+    tile_size: int,
+) -> list[View]:
+    """Views for one frame: each scale is applied to the whole frame when the result fits in
+    max_side, else the scaled frame is cut into overlapping tiles of about tile_size."""
+    h, w = shape
+    views: list[View] = []
+    for s in scales:
+        sw, sh = w * s, h * s
+        if max(sw, sh) <= max_side:
+            crops = [(0, 0, w, h)]
+        else:
+            crops = _tiles(w, h, tile_size / s, overlap=0.2)
+        for c in crops:
+            views.append(View(frame, s, False, *c))
+            if flip:
+                views.append(View(frame, s, True, *c))
+    return views
+
+
+def _tiles(w: int, h: int, tile: float, overlap: float) -> list[tuple[int, int, int, int]]:
+    def starts(n: int) -> list[int]:
+        if n <= tile:
+            return [0]
+        k = int(np.ceil((n - tile * overlap) / (tile * (1 - overlap))))
+        step = (n - tile) / max(k - 1, 1)
+        return [int(round(i * step)) for i in range(k)]
+
+    t = int(round(tile))
+    return [(x, y, min(x + t, w), min(y + t, h)) for y in starts(h) for x in starts(w)]
+
+
+def _render(frame: np.ndarray, v: View, stride: int) -> tuple[np.ndarray, float, float]:
+    crop = frame[v.y0 : v.y1, v.x0 : v.x1]
+    cw, ch = v.x1 - v.x0, v.y1 - v.y0
+    nw, nh = _round_up(cw * v.scale, stride), _round_up(ch * v.scale, stride)
+    interp = cv2.INTER_LINEAR if v.scale >= 1 else cv2.INTER_AREA
+    img = cv2.resize(crop, (nw, nh), interpolation=interp) if (nw, nh) != (cw, ch) else crop
+    if v.flip:
+        img = img[:, ::-1]
+    return np.ascontiguousarray(img), nw / cw, nh / ch
+
+
+def run_views(model, frames: Sequence[np.ndarray], views: list[View], threshold: float, batch_size: int):
+    """Returns per-frame lists of (boxes, scores, landmarks, view) in image coordinates."""
+    per_frame: dict[int, list] = defaultdict(list)
+    groups: dict[tuple[int, int], list] = defaultdict(list)
+    for v in views:
+        img, sx, sy = _render(frames[v.frame], v, model.stride)
+        groups[img.shape[:2]].append((img, sx, sy, v))
+    for items in groups.values():
+        for i in range(0, len(items), batch_size):
+            chunk = items[i : i + batch_size]
+            results = model.forward(np.stack([c[0] for c in chunk]), threshold)
+            for (img, sx, sy, v), (b, s, lm) in zip(chunk, results):
+                if not len(s):
+                    continue
+                b, lm = b.copy(), lm.copy()
+                if v.flip:
+                    wn = img.shape[1]
+                    b[:, [0, 2]] = wn - b[:, [2, 0]]
+                    lm[:, :, 0] = wn - lm[:, :, 0]
+                    lm = lm[:, [1, 0, 2, 4, 3]]  # left/right eye and mouth corners swap in a mirror
+                b[:, [0, 2]] = b[:, [0, 2]] / sx + v.x0
+                b[:, [1, 3]] = b[:, [1, 3]] / sy + v.y0
+                lm[:, :, 0] = lm[:, :, 0] / sx + v.x0
+                lm[:, :, 1] = lm[:, :, 1] / sy + v.y0
+                if (v.x0, v.y0, v.x1, v.y1) != (0, 0, frames[v.frame].shape[1], frames[v.frame].shape[0]):
+                    keep = _not_cut_by_inner_edge(b, v, frames[v.frame].shape)
+                    b, s, lm = b[keep], s[keep], lm[keep]
+                per_frame[v.frame].append((b, s, lm))
+    return per_frame
+
+
+def _not_cut_by_inner_edge(b: np.ndarray, v: View, shape: tuple) -> np.ndarray:
+    """A face touching a tile edge that is inside the image is only partly seen; its neighbour tile sees it whole."""
+    h, w = shape[:2]
+    m = 2.0
+    cut = np.zeros(len(b), bool)
+    if v.x0 > 0:
+        cut |= b[:, 0] <= v.x0 + m
+    if v.y0 > 0:
+        cut |= b[:, 1] <= v.y0 + m
+    if v.x1 < w:
+        cut |= b[:, 2] >= v.x1 - m
+    if v.y1 < h:
+        cut |= b[:, 3] >= v.y1 - m
+    return ~cut
+
+
+def fuse(parts: list, iou: float, width: int, height: int, label: str) -> Detections:
+    """Merge overlapping detections from all views: score-weighted box average over each cluster,
+    keeping the best score. Averaging steadies boxes across views; keeping the max keeps recall."""
+    if not parts:
+        return Detections.empty()
+    b = np.concatenate([p[0] for p in parts])
+    s = np.concatenate([p[1] for p in parts])
+    lm = np.concatenate([p[2] for p in parts])
+    order = np.argsort(-s, kind="stable")
+    b, s, lm = b[order], s[order], lm[order]
+    used = np.zeros(len(s), bool)
+    ious = iou_matrix(b, b)
+    ob, os_, olm = [], [], []
+    for i in range(len(s)):
+        if used[i]:
+            continue
+        members = np.nonzero(~used & (ious[i] > iou))[0]
+        used[members] = True
+        wts = s[members][:, None]
+        ob.append((b[members] * wts).sum(0) / wts.sum())
+        olm.append((lm[members] * wts[:, :, None]).sum(0) / wts.sum())
+        os_.append(s[i])
+    xyxy = np.asarray(ob, np.float32)
+    xyxy[:, [0, 2]] = xyxy[:, [0, 2]].clip(0, width)
+    xyxy[:, [1, 3]] = xyxy[:, [1, 3]].clip(0, height)
+    return Detections(xyxy, np.asarray(os_, np.float32), np.full(len(os_), label, object), landmarks=np.asarray(olm))

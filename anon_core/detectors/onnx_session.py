@@ -1,0 +1,49 @@
+"""onnxruntime sessions: CPU by default, CUDA (optionally fp16) when the GPU build is installed."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import onnxruntime as ort
+
+
+def pick_providers(device: str) -> list[str]:
+    available = ort.get_available_providers()
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    if device in ("cuda", "gpu", "auto") and "CUDAExecutionProvider" in available:
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    if device in ("cuda", "gpu"):
+        raise RuntimeError("device=cuda asked for, but onnxruntime has no CUDAExecutionProvider "
+                           "(install onnxruntime-gpu)")
+    return ["CPUExecutionProvider"]
+
+
+def make_session(model: bytes, device: str = "auto", threads: int = 0) -> ort.InferenceSession:
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3
+    # Respect a per-process thread budget so several workers on one node don't oversubscribe cores.
+    threads = threads or int(os.environ.get("ANON_ORT_THREADS", "0"))
+    if threads:
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+    return ort.InferenceSession(model, sess_options=opts, providers=pick_providers(device))
+
+
+def uses_gpu(session: ort.InferenceSession) -> bool:
+    return session.get_providers()[0] == "CUDAExecutionProvider"
+
+
+def to_fp16(model: bytes) -> bytes:
+    """Half-precision copy of a float32 model for the GPU path (inputs/outputs stay float32)."""
+    import onnx
+    from onnxconverter_common import float16
+
+    m = onnx.load_from_string(model)
+    return float16.convert_float_to_float16(m, keep_io_types=True).SerializeToString()
+
+
+def as_batch(frames: list[np.ndarray]) -> np.ndarray:
+    return np.ascontiguousarray(np.stack(frames).transpose(0, 3, 1, 2), dtype=np.float32)

@@ -1,0 +1,1 @@
+"""Media probing, decoding and encoding."""

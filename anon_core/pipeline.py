@@ -1,0 +1,202 @@
+"""The pipeline core: detectors + masker + media codecs, one asset at a time (or a batch of frames).
+
+Everything that runs anonymization (CLI, Ray actors, the service) builds one `Anonymizer` from an
+`AnonConfig` and calls it; none of them adds anonymization logic of its own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from collections.abc import Sequence
+from contextlib import contextmanager
+
+import numpy as np
+
+from anon_core.audit import AuditRecord, sha256_bytes
+from anon_core.config import AnonConfig
+from anon_core.detections import Detections
+from anon_core.detectors import create_detector
+from anon_core.detectors.base import Detector
+from anon_core.masking import Masker
+from anon_core.media import image_io
+from anon_core.media.errors import AssetError, UnsupportedMedia
+from anon_core.media.probe import MediaType, sniff
+
+log = logging.getLogger(__name__)
+
+
+@contextmanager
+def timed(timings: dict[str, float], stage: str):
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[stage] = timings.get(stage, 0.0) + (time.perf_counter() - t0) * 1000
+
+
+class Anonymizer:
+    def __init__(self, config: AnonConfig | None = None):
+        self.config = config or AnonConfig()
+        self.classes = self.config.wanted_classes()
+        self.detectors: dict[str, Detector] = {}
+        for key, spec in self.config.detectors.items():
+            params = dict(spec.params)
+            params.setdefault("device", self.config.device)
+            det = create_detector(spec.name, **params)
+            if set(det.classes) & set(self.classes):
+                self.detectors[key] = det
+        covered = {c for d in self.detectors.values() for c in d.classes}
+        self.uncovered = [c for c in self.classes if c not in covered]
+        if self.uncovered:
+            msg = f"policy {self.config.policy!r} asks for {self.uncovered} but no detector is configured for them"
+            if self.config.require_all_classes:
+                raise ValueError(msg)
+            log.warning(msg)
+        self.masker = Masker({c: self.config.masks[c] for c in self.classes if c in self.config.masks})
+        self.config_hash = self.config.hash()
+
+    # -- what the audit needs to say about this pipeline
+    def models(self) -> list[dict]:
+        return [vars(d.info()) for d in self.detectors.values()]
+
+    def thresholds(self) -> dict[str, float]:
+        return {f"{k}.threshold": float(getattr(d, "threshold", float("nan"))) for k, d in self.detectors.items()}
+
+    def stamp(self, rec: AuditRecord) -> AuditRecord:
+        rec.policy = self.config.policy
+        rec.classes = list(self.classes)
+        rec.models = self.models()
+        rec.thresholds = self.thresholds()
+        rec.config_hash = self.config_hash
+        return rec
+
+    # -- frames
+    def detect(self, frames: Sequence[np.ndarray]) -> list[Detections]:
+        """All configured detectors over a batch of RGB frames, kept to the policy's classes."""
+        per_det = [d.detect(frames) for d in self.detectors.values()]
+        out = []
+        for i in range(len(frames)):
+            merged = Detections.merge([r[i] for r in per_det])
+            keep = np.isin(merged.labels.astype(str), self.classes) if len(merged) else np.zeros(0, bool)
+            out.append(merged[keep])
+        return out
+
+    def mask(self, frame: np.ndarray, dets: Detections) -> tuple[np.ndarray, int]:
+        return self.masker.apply(frame, dets)
+
+    # -- still images
+    def anonymize_image(self, data: bytes, media: MediaType, rec: AuditRecord) -> bytes:
+        t = rec.timings_ms
+        with timed(t, "decode"):
+            dec = image_io.decode(data, media.format, self.config.limits.max_pixels, self.config.limits.max_side)
+        rec.height, rec.width = dec.rgb.shape[:2]
+        rec.frames = 1
+        with timed(t, "detect"):
+            dets = self.detect([dec.rgb])[0]
+        with timed(t, "mask"):
+            out, _ = self.mask(dec.rgb, dets)
+        with timed(t, "encode"):
+            encoded = image_io.encode(out, dec, self.config.metadata, self.config.image.jpeg_quality)
+        rec.detections = dets.counts()
+        rec.masked = dets.counts()
+        rec.metadata_removed = dec.removed
+        return encoded
+
+    def process_stream(self, fs, path: str, media: MediaType, rec: AuditRecord, workdir: str) -> str | None:
+        """Anonymize a video or audio asset streamed from storage into a file in the private workdir.
+
+        Returns the local output path, or None when the asset failed (the record says why).
+        """
+        self.stamp(rec)
+        rec.media_type, rec.format = media.kind, media.format
+        t0 = time.perf_counter()
+        out_path = os.path.join(workdir, "output" + os.path.splitext(path)[1].lower())
+        try:
+            with timed(rec.timings_ms, "hash"):
+                rec.input_sha256, rec.input_size = _hash_stream(fs, path)
+            if media.kind == "video":
+                from anon_core.video import anonymize_video
+
+                source = path if _is_local(fs) else fs.open(path, "rb")
+                try:
+                    anonymize_video(self, source, out_path, media, rec)
+                finally:
+                    if not isinstance(source, str):
+                        source.close()
+            else:
+                raise UnsupportedMedia(f"unsupported media ({media.kind}/{media.format})")
+        except AssetError as exc:
+            rec.fail(str(exc), exc.code)
+        except MemoryError:
+            rec.fail("out of memory while processing", "resources")
+        except Exception as exc:  # fail closed
+            log.exception("unexpected error on %s", rec.input_uri)
+            rec.fail(f"internal error: {type(exc).__name__}: {exc}", "internal")
+        finally:
+            rec.timings_ms["total"] = (time.perf_counter() - t0) * 1000
+        if rec.error is not None:
+            if os.path.exists(out_path):
+                os.unlink(out_path)  # never leave a partial or unverified output behind
+            return None
+        rec.status = "ok"
+        rec.output_sha256, rec.output_size = _hash_file(out_path)
+        return out_path
+
+    def process_bytes(self, data: bytes, rec: AuditRecord) -> bytes | None:
+        """Anonymize one in-memory asset; on failure the record says why and nothing is returned."""
+        self.stamp(rec)
+        rec.input_sha256 = sha256_bytes(data)
+        rec.input_size = len(data)
+        t0 = time.perf_counter()
+        try:
+            if len(data) > self.config.limits.max_bytes:
+                raise AssetError(f"file is {len(data)} bytes: above the limit of {self.config.limits.max_bytes}")
+            media = sniff(data[:64])
+            rec.media_type, rec.format = media.kind, media.format
+            if not data:
+                raise UnsupportedMedia("empty file (0 bytes)")
+            if media.kind == "image":
+                out = self.anonymize_image(data, media, rec)
+            else:
+                raise UnsupportedMedia(f"unsupported or unrecognised media ({media.kind}/{media.format})")
+        except AssetError as exc:
+            rec.fail(str(exc), exc.code)
+            return None
+        except MemoryError:
+            rec.fail("out of memory while processing", "resources")
+            return None
+        except Exception as exc:  # fail closed: an unexpected error never lets the input through
+            log.exception("unexpected error on %s", rec.input_uri)
+            rec.fail(f"internal error: {type(exc).__name__}: {exc}", "internal")
+            return None
+        finally:
+            rec.timings_ms["total"] = (time.perf_counter() - t0) * 1000
+        rec.status = "ok"
+        rec.output_sha256 = sha256_bytes(out)
+        rec.output_size = len(out)
+        return out
+
+
+def _is_local(fs) -> bool:
+    return "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
+
+
+def _hash_stream(fs, path: str, chunk: int = 8 << 20) -> tuple[str, int]:
+    h, n = hashlib.sha256(), 0
+    with fs.open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+            n += len(block)
+    return h.hexdigest(), n
+
+
+def _hash_file(path: str, chunk: int = 8 << 20) -> tuple[str, int]:
+    h, n = hashlib.sha256(), 0
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+            n += len(block)
+    return h.hexdigest(), n

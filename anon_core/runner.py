@@ -1,0 +1,119 @@
+"""Run the pipeline over a file, a folder or an fsspec URL, writing outputs and a Parquet manifest."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from anon_core.audit import AuditRecord, now, write_manifest
+from anon_core.config import AnonConfig
+from anon_core.media.probe import sniff
+from anon_core.pipeline import Anonymizer
+from anon_core.storage import filesystem, join, list_inputs, put_atomic, write_atomic
+
+log = logging.getLogger(__name__)
+
+
+def new_run_id() -> str:
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:8]
+
+
+@dataclass
+class RunSummary:
+    run_id: str
+    manifest: str
+    output: str
+    records: list[AuditRecord] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> int:
+        return sum(r.status == "ok" for r in self.records)
+
+    @property
+    def failed(self) -> int:
+        return sum(r.status == "failed" for r in self.records)
+
+
+def run(input_uri: str, output_uri: str, config: AnonConfig | None = None, run_id: str | None = None,
+        progress: bool | None = None, on_record: Callable[[AuditRecord], None] | None = None,
+        storage_options: dict | None = None) -> RunSummary:
+    config = config or AnonConfig()
+    run_id = run_id or new_run_id()
+    in_fs, in_root = filesystem(input_uri, **(storage_options or {}))
+    out_fs, out_root = filesystem(output_uri, **(storage_options or {}))
+    anonymizer = Anonymizer(config)
+    items = list_inputs(in_fs, in_root)
+    manifest = join(out_root, f"_manifests/{run_id}.parquet")
+    summary = RunSummary(run_id, _display(output_uri, manifest), output_uri)
+    show = sys.stderr.isatty() if progress is None else progress
+    bar = None
+    if show:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(items), unit="asset", desc="anonymizing")
+    t0 = time.perf_counter()
+    try:
+        for path, rel in items:
+            rec = AuditRecord(run_id=run_id, input_uri=_display(input_uri, path), relative_path=rel,
+                              started_at=now())
+            rec.config_json = None
+            try:
+                size = in_fs.size(path)
+                if size is not None and size > config.limits.max_bytes:
+                    anonymizer.stamp(rec).fail(f"file is {size} bytes: above the limit", "too_large")
+                else:
+                    with in_fs.open(path, "rb") as fh:
+                        media = sniff(fh.read(64))
+                    target = join(out_root, rel)
+                    if media.kind in ("video", "audio"):
+                        # Streams go through a private temp dir that is removed on success and failure.
+                        with tempfile.TemporaryDirectory(prefix="anon-") as work:
+                            os.chmod(work, 0o700)
+                            local = anonymizer.process_stream(in_fs, path, media, rec, work)
+                            if local is not None:
+                                put_atomic(out_fs, local, target)
+                                rec.output_uri = _display(output_uri, target)
+                    else:
+                        out = anonymizer.process_bytes(in_fs.cat_file(path), rec)
+                        if out is not None:
+                            write_atomic(out_fs, target, out)
+                            rec.output_uri = _display(output_uri, target)
+            except OSError as exc:  # storage errors fail the asset, not the run
+                rec.fail(f"storage error: {exc}", "storage")
+            rec.finished_at = now()
+            if rec.status == "failed":
+                log.info("failed %s: %s", rec.relative_path, rec.error)
+            summary.records.append(rec)
+            if on_record:
+                on_record(rec)
+            if bar:
+                bar.update(1)
+    finally:
+        if bar:
+            bar.close()
+        summary.seconds = time.perf_counter() - t0
+        if summary.records:
+            summary.records[0].config_json = _config_json(config)
+        write_manifest(summary.records, out_fs, manifest)
+    return summary
+
+
+def _config_json(config: AnonConfig) -> str:
+    import json
+
+    return json.dumps(config.to_dict(), sort_keys=True, default=str)
+
+
+def _display(user_uri: str, path: str) -> str:
+    """Keep the user's protocol prefix (s3://...) on paths fsspec returns without it."""
+    if "://" in user_uri and "://" not in path:
+        return user_uri.split("://", 1)[0] + "://" + path
+    return path

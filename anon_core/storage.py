@@ -1,0 +1,84 @@
+"""fsspec helpers: list inputs, map them to outputs, write objects so no partial file is ever visible."""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import uuid
+
+import fsspec
+from fsspec.core import url_to_fs
+
+from anon_core.media.probe import MEDIA_EXTENSIONS
+
+
+def filesystem(uri: str, **storage_options) -> tuple[fsspec.AbstractFileSystem, str]:
+    return url_to_fs(uri, **storage_options)
+
+
+def is_local(fs: fsspec.AbstractFileSystem) -> bool:
+    return "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
+
+
+def list_inputs(fs: fsspec.AbstractFileSystem, root: str, extensions=MEDIA_EXTENSIONS,
+                exclude_dirs: tuple[str, ...] = ("_manifests",)) -> list[tuple[str, str]]:
+    """(full path, path relative to root) for every media file under root (or root itself if a file)."""
+    root = root.rstrip("/") or "/"
+    if fs.isfile(root):
+        return [(root, posixpath.basename(root))]
+    out = []
+    for path in sorted(fs.find(root)):
+        rel = posixpath.relpath(path, root) if not is_local(fs) else os.path.relpath(path, root)
+        rel = rel.replace(os.sep, "/")
+        parts = rel.split("/")
+        if any(p in exclude_dirs or p.startswith(".") for p in parts):
+            continue
+        if posixpath.splitext(rel)[1].lower() in extensions:
+            out.append((path, rel))
+    return out
+
+
+def join(root: str, rel: str) -> str:
+    return root.rstrip("/") + "/" + rel
+
+
+def write_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
+    """Local: write a hidden temp file in the same directory, fsync, rename. Object stores: a single
+    PUT, which becomes visible only when complete."""
+    parent = posixpath.dirname(path) if not is_local(fs) else os.path.dirname(path)
+    if parent:
+        fs.makedirs(parent, exist_ok=True)
+    if is_local(fs):
+        tmp = os.path.join(parent, f".{os.path.basename(path)}.{uuid.uuid4().hex}.partial")
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    else:
+        fs.pipe_file(path, data)
+
+
+def put_atomic(fs: fsspec.AbstractFileSystem, local_path: str, path: str) -> None:
+    """Publish a finished local file: same-directory temp + rename locally, one upload on object stores."""
+    parent = os.path.dirname(path) if is_local(fs) else posixpath.dirname(path)
+    if parent:
+        fs.makedirs(parent, exist_ok=True)
+    if is_local(fs):
+        import shutil
+
+        tmp = os.path.join(parent, f".{os.path.basename(path)}.{uuid.uuid4().hex}.partial")
+        try:
+            shutil.copyfile(local_path, tmp)
+            with open(tmp, "rb") as fh:
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    else:
+        fs.put_file(local_path, path)

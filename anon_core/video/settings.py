@@ -1,0 +1,110 @@
+"""Video settings: encoder per container family, batching, tracking windows, stream/tag policy.
+
+Encoder defaults (chosen for an archive pipeline where the encoder, not detection, is the wall):
+
+- MP4 / MOV / MKV -> H.264 (libx264), yuv420p, preset ``veryfast``, CRF 20, threads auto.
+  ``veryfast`` is the knee of x264's speed/size curve: about 3x the speed of ``medium`` for ~10-15 %
+  more bits at equal quality, while ``ultrafast`` (another ~3x) disables CABAC/B-frames and costs
+  50-100 % more bits. CRF 20 is visually transparent for typical camera footage; masked regions are
+  smooth and cheap to code, so the output is usually smaller than the input. yuv420p is the only
+  pixel format every player decodes.
+- WebM -> VP9 (libvpx-vp9), CRF 32 with ``b=0`` (constant quality, like x264 CRF ~20-23),
+  ``deadline=good`` + ``cpu-used=5`` and row-based multithreading: VP9's fastest setting that still
+  uses its good-quality path; ``realtime`` / ``cpu-used=8`` is ~2x faster at visibly lower quality.
+- ``faststart`` moves the MP4/MOV index to the front (a second pass over the output file) so
+  outputs stream over HTTP; turn it off to save that I/O on very large archives.
+
+Raise the CRF (smaller files, softer background) or pick a faster preset for throughput; the
+masked regions are unaffected by either, only the untouched background's fidelity changes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class EncoderSettings:
+    codec: str = "libx264"
+    preset: str = "veryfast"  # libx264 only
+    crf: int = 20
+    threads: int = 0  # 0: the codec picks (one per core)
+    pix_fmt: str = "yuv420p"
+    options: dict[str, str] = field(default_factory=dict)  # extra codec options, passed verbatim
+
+
+def _default_encoders() -> dict[str, EncoderSettings]:
+    return {
+        "mp4": EncoderSettings(),
+        "mov": EncoderSettings(),
+        "mkv": EncoderSettings(),
+        "webm": EncoderSettings(
+            codec="libvpx-vp9", preset="", crf=32,
+            options={"b": "0", "deadline": "good", "cpu-used": "5", "row-mt": "1"},
+        ),
+    }
+
+
+@dataclass
+class VideoSettings:
+    """How videos are decoded, analysed and re-encoded (see the module docstring for encoder choices).
+
+    batch_size: frames per detector call (bigger batches use an accelerator better; memory grows
+        with batch_size x frame size).
+    lookahead_s / lead_s / trail_s / max_gap_s: the MaskScheduler windows in seconds (converted
+        with the stream's average frame rate). The look-ahead is how many frames are held back.
+    detect_every_k: run the detector on every k-th frame only; the tracker propagates boxes in
+        between. 1 (off) by default: measured recall drops on fast motion (benchmarks/video_leak.py).
+    mask_thresh: raw detections at or above this score are always masked in their own frame.
+    keep_audio: copy audio streams bit-exact (remux); False drops them.
+    allowed_stream_kinds: stream types kept besides the first video stream and audio, e.g.
+        ("subtitle",). Data (GPS, GoPro GPMF telemetry, timecode) and attachments (cover art,
+        fonts) are dropped by default: they can identify people and places.
+    allowed_container_tags / allowed_stream_tags: metadata keys copied to the output; every other
+        tag (creation_time, location, title, handler names, device make/model) is dropped.
+    pipelining: overlap decode, detection+masking and encode in three threads with bounded queues.
+    queue_batches: queue depth between stages, in batches (memory vs. smoothing of stalls).
+    faststart: MP4/MOV index at the front of the file.
+    strict_frame_count: fail (CorruptMedia) when fewer frames decode than the container announces.
+    """
+
+    encoders: dict[str, EncoderSettings] = field(default_factory=_default_encoders)
+    batch_size: int = 8
+    lookahead_s: float = 0.5
+    lead_s: float = 0.3
+    trail_s: float = 0.5
+    max_gap_s: float = 0.5
+    detect_every_k: int = 1
+    mask_thresh: float = 0.5
+    keep_audio: bool = True
+    allowed_stream_kinds: tuple[str, ...] = ()
+    allowed_container_tags: tuple[str, ...] = ()
+    allowed_stream_tags: tuple[str, ...] = ("language",)
+    pipelining: bool = True
+    queue_batches: int = 2
+    faststart: bool = True
+    strict_frame_count: bool = True
+
+    def __post_init__(self) -> None:
+        # from_dict hands us plain dicts/lists; normalise them
+        self.encoders = {
+            k: v if isinstance(v, EncoderSettings) else EncoderSettings(**v) for k, v in self.encoders.items()
+        }
+        for name in ("allowed_stream_kinds", "allowed_container_tags", "allowed_stream_tags"):
+            setattr(self, name, tuple(getattr(self, name) or ()))
+        if self.batch_size < 1 or self.detect_every_k < 1 or self.queue_batches < 1:
+            raise ValueError("batch_size, detect_every_k and queue_batches must be >= 1")
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> VideoSettings:
+        d = dict(d or {})
+        if "encoders" in d:
+            merged = _default_encoders()
+            for k, v in (d["encoders"] or {}).items():
+                base = merged.get(k, EncoderSettings())
+                merged[k] = v if isinstance(v, EncoderSettings) else EncoderSettings(**{**vars(base), **v})
+            d["encoders"] = merged
+        return cls(**d)
+
+    def encoder_for(self, family: str) -> EncoderSettings:
+        return self.encoders.get(family) or self.encoders["mp4"]

@@ -1,0 +1,1 @@
+"""Entry points that wrap anon_core: CLI, Ray Data job, validation, service."""

@@ -1,0 +1,58 @@
+"""`anon` command line: anonymize (files, folders, fsspec URLs); later: validate, serve, watch, report."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+
+def _env_defaults() -> None:
+    # Nothing phones home: telemetry off for every library we may load.
+    for k, v in {"HF_HUB_OFFLINE": "1", "MLFLOW_DISABLE_TELEMETRY": "true", "RAY_USAGE_STATS_ENABLED": "0",
+                 "AWS_EC2_METADATA_DISABLED": "true", "YOLO_OFFLINE": "1", "YOLO_AUTOINSTALL": "0"}.items():
+        os.environ.setdefault(k, v)
+
+
+def cmd_anonymize(args: argparse.Namespace) -> int:
+    from anon_core.runner import run
+    from jobs.config import load_config
+
+    try:
+        config = load_config(args.set)
+    except Exception as exc:
+        print(f"anon: bad configuration: {exc}", file=sys.stderr)
+        return 2
+    summary = run(args.input, args.output, config, progress=None if not args.no_progress else False)
+    for r in summary.records:
+        if r.status == "failed":
+            print(f"FAILED {r.relative_path}: {r.error}", file=sys.stderr)
+    result = {"run_id": summary.run_id, "assets": len(summary.records), "ok": summary.ok, "failed": summary.failed,
+              "seconds": round(summary.seconds, 2), "output": summary.output, "manifest": summary.manifest}
+    print(json.dumps(result))
+    return 1 if summary.failed else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="anon", description="Anonymize images, video, audio and metadata.")
+    sub = p.add_subparsers(dest="command", required=True)
+    a = sub.add_parser("anonymize", help="anonymize a file, a folder (recursive) or an fsspec URL")
+    a.add_argument("input")
+    a.add_argument("-o", "--output", required=True)
+    a.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (see conf/)")
+    a.add_argument("--no-progress", action="store_true")
+    a.set_defaults(func=cmd_anonymize)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    _env_defaults()
+    logging.basicConfig(level=os.environ.get("ANON_LOG_LEVEL", "WARNING"), format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
