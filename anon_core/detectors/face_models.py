@@ -6,6 +6,7 @@ coordinates of the array it was given. Scale, flip and tiling live in `multiview
 
 from __future__ import annotations
 
+import logging
 from functools import lru_cache
 
 import numpy as np
@@ -14,6 +15,7 @@ from anon_core.boxes import nms
 from anon_core.detectors.onnx_session import make_session, to_fp16, uses_gpu
 from anon_core.weights import ModelInfo, Weights, resolve
 
+log = logging.getLogger(__name__)
 RawResult = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
@@ -22,20 +24,28 @@ class OnnxFaceModel:
     default_weights = ""
     stride = 32  # inputs must be multiples of this
 
-    def __init__(self, weights: str | None = None, device: str = "auto", fp16: bool = False, threads: int = 0):
+    def __init__(self, weights: str | None = None, device: str = "auto", precision: str = "auto", threads: int = 0):
+        if precision not in ("auto", "fp32", "fp16"):
+            raise ValueError("precision must be auto, fp32 or fp16")
         self.weights: Weights = resolve(weights or self.default_weights)
         model = self.prepare(self.weights.data)
         self.session = make_session(model, device, threads)
-        if fp16 and uses_gpu(self.session):
-            self.session = make_session(to_fp16(model), device, threads)
-        self.input_name = self.session.get_inputs()[0].name
         self.on_gpu = uses_gpu(self.session)
+        self.precision = "fp32"
+        # auto: half precision on the GPU (batched throughput), full precision on the CPU (faster there).
+        if precision == "fp16" or (precision == "auto" and self.on_gpu):
+            try:
+                self.session = make_session(to_fp16(model), device, threads)
+                self.precision = "fp16"
+            except Exception as exc:  # some graphs don't convert cleanly; fp32 is always correct
+                log.warning("%s: fp16 conversion failed (%s); running fp32", self.name, str(exc).splitlines()[0])
+        self.input_name = self.session.get_inputs()[0].name
 
     def prepare(self, model: bytes) -> bytes:
         return model
 
     def info(self) -> ModelInfo:
-        return ModelInfo(self.name, self.weights.version, self.weights.sha256, self.weights.source)
+        return ModelInfo(f"{self.name}-{self.precision}", self.weights.version, self.weights.sha256, self.weights.source)
 
     def forward(self, batch: np.ndarray, threshold: float) -> list[RawResult]:
         raise NotImplementedError

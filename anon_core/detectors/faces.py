@@ -30,10 +30,10 @@ class FaceDetector:
         fuse_iou: float = 0.4,
         batch_size: int = 8,
         device: str = "auto",
-        fp16: bool = True,
+        precision: str = "auto",
         threads: int = 0,
     ):
-        self.net = FACE_MODELS[model](weights=weights, device=device, fp16=fp16, threads=threads)
+        self.net = FACE_MODELS[model](weights=weights, device=device, precision=precision, threads=threads)
         self.threshold = float(threshold)
         # Views are decoded at a lower score so that fusion sees weak evidence from each view.
         self.candidate_threshold = float(candidate_threshold if candidate_threshold is not None else threshold)
