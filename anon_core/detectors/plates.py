@@ -1,0 +1,181 @@
+"""License plates: PP-OCR text detection in vehicle regions and over the whole frame, filtered by plate geometry.
+
+No installable package ships a plate detector. A plate is, to a text detector, a short line of large characters;
+what separates it from other text is where it is (on a vehicle, in its lower part) and its shape (a line
+1.5-8x wider than tall, or a two-line square-ish plate). So:
+1. NanoDet (shared with the person detector, run once per frame) gives car/bus/truck/motorcycle boxes; each is
+   searched at a resolution where a plate is at least ~16 px high.
+2. The whole frame is searched too: close-ups where the car fills the frame are often not detected as a car.
+3. Text lines close to each other on one row are joined (DB splits "AB 123" at wide gaps), grown from the
+   character box to the plate border, and kept when their shape fits a plate.
+4. OpenCV's plate Haar cascade adds candidates the text detector misses (off by default: measured worse).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import cv2
+import numpy as np
+
+from anon_core.boxes import intersection_over_first, nms
+from anon_core.detections import Detections
+from anon_core.detectors.base import register_detector
+from anon_core.detectors.nanodet import VEHICLES, shared_nanodet
+from anon_core.detectors.text import shared_ppocr
+from anon_core.weights import ModelInfo
+
+
+def join_lines(b: np.ndarray, s: np.ndarray, gap: float = 0.8, dy: float = 0.35) -> tuple[np.ndarray, np.ndarray]:
+    """Join text boxes on one row whose horizontal gap is under `gap` x their height."""
+    if len(b) < 2:
+        return b, s
+    b, s = b.copy(), s.copy()
+    changed = True
+    while changed and len(b) > 1:
+        changed = False
+        order = np.argsort(b[:, 0])
+        b, s = b[order], s[order]
+        for i in range(len(b)):
+            for j in range(i + 1, len(b)):
+                hi, hj = b[i, 3] - b[i, 1], b[j, 3] - b[j, 1]
+                h = max(hi, hj)
+                cy_i, cy_j = (b[i, 1] + b[i, 3]) / 2, (b[j, 1] + b[j, 3]) / 2
+                if min(hi, hj) < 0.6 * h or abs(cy_i - cy_j) > dy * h:
+                    continue
+                if b[j, 0] - b[i, 2] > gap * h:
+                    continue
+                b[i] = [min(b[i, 0], b[j, 0]), min(b[i, 1], b[j, 1]), max(b[i, 2], b[j, 2]), max(b[i, 3], b[j, 3])]
+                s[i] = max(s[i], s[j])
+                b, s = np.delete(b, j, 0), np.delete(s, j)
+                changed = True
+                break
+            if changed:
+                break
+    return b, s
+
+
+class PlateDetector:
+    classes = ("plate",)
+
+    def __init__(
+        self,
+        threshold: float = 0.5,
+        text_threshold: float = 0.5,
+        vehicle_threshold: float = 0.3,
+        grow_x: float = 1.12,
+        grow_y: float = 1.45,
+        min_aspect: float = 1.1,
+        max_aspect: float = 9.0,
+        min_height: float = 6.0,
+        max_width_share: float = 0.6,
+        whole_frame: bool = True,
+        frame_min_side: int = 736,
+        frame_max_side: int = 1600,
+        vehicle_min_width: int = 480,
+        vehicle_max_side: int = 1280,
+        cascade: bool = False,
+        nanodet_weights: str | None = None,
+        ocr_weights: str | None = None,
+        device: str = "auto",
+        threads: int = 0,
+        tile_size: int = 640,
+        tile_min_side: int = 600,
+        candidate_threshold: float = 0.1,
+    ):
+        self.threshold, self.text_threshold, self.vehicle_threshold = threshold, text_threshold, vehicle_threshold
+        self.grow = (float(grow_x), float(grow_y))
+        self.min_aspect, self.max_aspect, self.min_height = min_aspect, max_aspect, min_height
+        self.max_width_share = max_width_share
+        self.whole_frame, self.frame_min_side, self.frame_max_side = whole_frame, frame_min_side, frame_max_side
+        self.vehicle_min_width, self.vehicle_max_side = vehicle_min_width, vehicle_max_side
+        self._nanodet_args = (nanodet_weights, device, int(threads), float(candidate_threshold), int(tile_size),
+                              int(tile_min_side))
+        self._ocr_args = (ocr_weights, device, int(threads))
+        self.use_cascade = bool(cascade)
+        self._loaded = False
+
+    def _load(self) -> None:
+        # Models load on first use: a configured but unused detector costs nothing.
+        if self._loaded:
+            return
+        self.nanodet = shared_nanodet(*self._nanodet_args)
+        self.ocr = shared_ppocr(*self._ocr_args)
+        self.cascade = None
+        if self.use_cascade:
+            self.cascade = cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_russian_plate_number.xml")
+        self._loaded = True
+
+    def info(self) -> ModelInfo:
+        self._load()
+        o, n = self.ocr.info(), self.nanodet.info()
+        return ModelInfo("plates:ppocrv4-det+nanodet", f"{o.version}+{n.version}", o.weights_sha256, o.source)
+
+    def _search(self, frame: np.ndarray, region: tuple[int, int, int, int], scale: float, rel_width: float):
+        """Text boxes found in one region, as plate candidates in frame pixels."""
+        x0, y0, x1, y1 = region
+        crop = frame[y0:y1, x0:x1]
+        b, s = self.ocr.boxes(crop, scale, box_threshold=self.text_threshold)
+        if not len(b):
+            return b, s
+        b, s = join_lines(b, s)
+        w, h = b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]
+        c = (b[:, :2] + b[:, 2:]) / 2
+        half = np.stack([w * self.grow[0], h * self.grow[1]], 1) / 2
+        b = np.concatenate([c - half, c + half], 1) + np.array([x0, y0, x0, y0], np.float32)
+        ar = (b[:, 2] - b[:, 0]) / np.maximum(b[:, 3] - b[:, 1], 1e-6)
+        keep = (ar >= self.min_aspect) & (ar <= self.max_aspect) & (b[:, 3] - b[:, 1] >= self.min_height)
+        keep &= (b[:, 2] - b[:, 0]) <= self.max_width_share * rel_width
+        return b[keep], s[keep]
+
+    def detect(self, frames: Sequence[np.ndarray]) -> list[Detections]:
+        self._load()
+        out = []
+        for frame, objs in zip(frames, self.nanodet.detect(frames)):
+            h, w = frame.shape[:2]
+            boxes, scores = [], []
+            veh = objs[np.isin(objs.labels.astype(str), VEHICLES) & (objs.scores >= self.vehicle_threshold)]
+            frame_scale = min(max(1.0, self.frame_min_side / min(h, w)), self.frame_max_side / max(h, w))
+            for vb in veh.xyxy[nms(veh.xyxy, veh.scores, 0.7)] if len(veh) else []:
+                x0, y0 = int(max(0, vb[0])), int(max(0, vb[1]))
+                x1, y1 = int(min(w, np.ceil(vb[2]))), int(min(h, np.ceil(vb[3])))
+                if x1 - x0 < 16 or y1 - y0 < 16:
+                    continue
+                if self.whole_frame and (x1 - x0) * frame_scale >= self.vehicle_min_width:
+                    continue  # the whole-frame search already sees this vehicle at enough resolution
+                # plates are ~1/5 of a car's width: enlarge small cars so their plate text is ~16 px+ high
+                scale = min(max(1.0, self.vehicle_min_width / (x1 - x0)), self.vehicle_max_side / max(x1 - x0, y1 - y0))
+                b, s = self._search(frame, (x0, y0, x1, y1), scale, x1 - x0)
+                boxes.append(b)
+                scores.append(s)
+            if self.whole_frame:
+                b, s = self._search(frame, (0, 0, w, h), frame_scale, w)
+                if len(veh) and len(b):
+                    # text outside every vehicle is more often a sign than a plate: lower its score
+                    inside = intersection_over_first(b, veh.xyxy).max(1) > 0.8
+                    s = np.where(inside, s, s * 0.9)
+                boxes.append(b)
+                scores.append(s)
+            if self.cascade is not None:
+                gray = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
+                r = self.cascade.detectMultiScale(gray, scaleFactor=1.1, minNeighbors=4, minSize=(20, 6))
+                if len(r):
+                    r = np.asarray(r, np.float32)
+                    boxes.append(np.concatenate([r[:, :2], r[:, :2] + r[:, 2:]], 1))
+                    scores.append(np.full(len(r), 0.5, np.float32))
+            if boxes and sum(len(b) for b in boxes):
+                b, s = np.concatenate(boxes).astype(np.float32), np.concatenate(scores).astype(np.float32)
+                b[:, [0, 2]] = b[:, [0, 2]].clip(0, w)
+                b[:, [1, 3]] = b[:, [1, 3]].clip(0, h)
+                keep = nms(b, s, 0.3)
+                b, s = b[keep], s[keep]
+                keep = s >= self.threshold
+                out.append(Detections(b[keep], s[keep], np.full(int(keep.sum()), "plate", object)))
+            else:
+                out.append(Detections.empty())
+        return out
+
+
+@register_detector("plate")
+def _plate(**params) -> PlateDetector:
+    return PlateDetector(**params)
