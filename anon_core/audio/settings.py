@@ -1,0 +1,115 @@
+"""Audio settings: VAD, speakers, voice-anonymization method and targets, mute ranges, encoding.
+
+Defaults (measured with benchmarks/voice_eer.py; see models/voice.md):
+
+- method ``world``: WORLD vocoder re-synthesis with the pitch moved to a random target F0 and the
+  spectral envelope (formants) warped by a random factor plus a McAdams-style non-linear warp. A plain
+  pitch shift keeps the formants and the timbre, which a speaker-verification model still recognises.
+- targets ``random`` per asset unless a key is set (env var ``key_env``): then the target of a speaker is
+  derived from HMAC(key, speaker id) and the same speaker id maps to the same voice in every asset.
+- speech only: VAD (silero ONNX) finds speech; non-speech is kept (``nonspeech_gain_db`` = 0) or
+  attenuated. Segments are padded (``pad_s``) so word edges are never left untouched.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+METHODS = ("world", "mcadams", "pitch", "none")
+VAD_BACKENDS = ("auto", "silero", "webrtc", "energy", "none")
+SPEAKER_BACKENDS = ("auto", "single", "resemblyzer", "pyannote")
+
+
+@dataclass
+class AudioSettings:
+    """How audio assets (and, when enabled, the audio tracks of videos) are anonymized.
+
+    enabled: transform voices in audio files (False: decode/re-encode only, i.e. audio passes through).
+    anonymize_video_audio: also transform the audio tracks of videos (off: the video code copies them bit-exact).
+    method: world | mcadams | pitch (plain pitch shift, a weak baseline kept for comparison) | none.
+    vad: auto (silero, else webrtc, else energy) | silero | webrtc | energy | none (treat everything as speech).
+    vad_threshold: speech probability threshold for silero.
+    pad_s: seconds added on both sides of each speech segment before transforming.
+    min_speech_s / min_silence_s: drop shorter speech runs / merge across shorter pauses.
+    nonspeech_gain_db: gain applied outside speech (0: kept; -inf-like values such as -120: muted).
+    speakers: auto (resemblyzer when installed, else single) | single | resemblyzer | pyannote.
+    pyannote_model: local path of a pyannote pipeline (config.yaml folder); required for speakers=pyannote.
+    max_speakers / speaker_threshold: clustering of speaker embeddings (cosine distance threshold).
+    key_env: name of the environment variable holding the secret key (never stored in config or audit).
+    key_scope: speaker (same key + speaker id -> same voice in every asset) | asset (also mixes in the input hash).
+    f0_range_hz: range of target median F0 (log-uniform draw); min_shift_semitones: at least this far from the source.
+    formant_range: range of the spectral-envelope warp factor (drawn in the direction of the pitch change).
+    mcadams_range: McAdams coefficient range (method mcadams; method world uses it as an extra envelope warp).
+    eq_db: method world: amplitude (dB) of a random smooth curve added to the spectral envelope per speaker.
+    pitch_semitones: shift for method pitch.
+    mute_ranges: [[start_s, end_s], ...] to silence (or beep); mute_ranges_file: a file with more (see ranges.py);
+        mute_words: with a word-level transcript as mute_ranges_file, the words to mute (e.g. names).
+    mute_mode: silence | beep; beep_hz: beep frequency.
+    bit_rate: encoder bit rate for lossy formats (0: about the input's).
+    max_duration_s: longer assets are refused (the whole track is held in memory as float32).
+    """
+
+    enabled: bool = True
+    anonymize_video_audio: bool = False
+    method: str = "world"
+    vad: str = "auto"
+    vad_threshold: float = 0.5
+    pad_s: float = 0.2
+    min_speech_s: float = 0.1
+    min_silence_s: float = 0.3
+    nonspeech_gain_db: float = 0.0
+    speakers: str = "auto"
+    pyannote_model: str = ""
+    max_speakers: int = 8
+    speaker_threshold: float = 0.35
+    key_env: str = "ANON_VOICE_KEY"
+    key_scope: str = "speaker"
+    f0_range_hz: list[float] = field(default_factory=lambda: [85.0, 260.0])
+    min_shift_semitones: float = 4.0
+    formant_range: list[float] = field(default_factory=lambda: [1.08, 1.22])
+    mcadams_range: list[float] = field(default_factory=lambda: [0.75, 0.9])
+    eq_db: float = 0.0
+    pitch_semitones: float = 4.0
+    mute_ranges: list[list[float]] = field(default_factory=list)
+    mute_ranges_file: str = ""
+    mute_words: list[str] = field(default_factory=list)
+    mute_mode: str = "silence"
+    beep_hz: float = 1000.0
+    bit_rate: int = 0
+    max_duration_s: float = 4 * 3600.0
+
+    def __post_init__(self) -> None:
+        # Hydra/--set hand us plain lists (or tuples); normalise and validate once here.
+        self.f0_range_hz = [float(v) for v in self.f0_range_hz]
+        self.formant_range = [float(v) for v in self.formant_range]
+        self.mcadams_range = [float(v) for v in self.mcadams_range]
+        self.mute_ranges = [[float(a), float(b)] for a, b in (self.mute_ranges or [])]
+        self.mute_words = [str(w) for w in (self.mute_words or [])]
+        if self.method not in METHODS:
+            raise ValueError(f"audio.method must be one of {METHODS}, got {self.method!r}")
+        if self.vad not in VAD_BACKENDS:
+            raise ValueError(f"audio.vad must be one of {VAD_BACKENDS}, got {self.vad!r}")
+        if self.speakers not in SPEAKER_BACKENDS:
+            raise ValueError(f"audio.speakers must be one of {SPEAKER_BACKENDS}, got {self.speakers!r}")
+        if self.key_scope not in ("speaker", "asset"):
+            raise ValueError("audio.key_scope must be speaker or asset")
+        if self.mute_mode not in ("silence", "beep"):
+            raise ValueError("audio.mute_mode must be silence or beep")
+        for name in ("f0_range_hz", "formant_range", "mcadams_range"):
+            lo_hi = getattr(self, name)
+            if len(lo_hi) != 2 or lo_hi[0] <= 0 or lo_hi[1] < lo_hi[0]:
+                raise ValueError(f"audio.{name} must be [low, high] with 0 < low <= high")
+        for a, b in self.mute_ranges:
+            if b < a or a < 0:
+                raise ValueError(f"audio.mute_ranges: bad range [{a}, {b}]")
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> AudioSettings:
+        return cls(**dict(d or {}))
+
+    def public_params(self) -> dict:
+        """The parameters that go into the audit (everything that shapes the output; never the key)."""
+        keys = ("method", "vad", "vad_threshold", "pad_s", "nonspeech_gain_db", "speakers", "key_scope",
+                "f0_range_hz", "min_shift_semitones", "formant_range", "mcadams_range", "eq_db", "pitch_semitones",
+                "mute_mode")
+        return {k: getattr(self, k) for k in keys}
