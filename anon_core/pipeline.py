@@ -126,6 +126,15 @@ class Anonymizer:
                 finally:
                     if not isinstance(source, str):
                         source.close()
+            elif media.kind == "audio":
+                from anon_core.audio import anonymize_audio
+
+                source = path if _is_local(fs) else fs.open(path, "rb")
+                try:
+                    anonymize_audio(self, source, out_path, media, rec)
+                finally:
+                    if not isinstance(source, str):
+                        source.close()
             else:
                 raise UnsupportedMedia(f"unsupported media ({media.kind}/{media.format})")
         except AssetError as exc:

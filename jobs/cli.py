@@ -35,6 +35,18 @@ def cmd_anonymize(args: argparse.Namespace) -> int:
     return 1 if summary.failed else 0
 
 
+def cmd_validate(args: argparse.Namespace) -> int:
+    from jobs.validate import cmd_validate as run_validate
+
+    return run_validate(args)
+
+
+def _validate_arguments(p: argparse.ArgumentParser) -> None:
+    from jobs.validate import add_arguments  # light: MLflow is imported only when a run is logged
+
+    add_arguments(p)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="anon", description="Anonymize images, video, audio and metadata.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -44,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (see conf/)")
     a.add_argument("--no-progress", action="store_true")
     a.set_defaults(func=cmd_anonymize)
+    v = sub.add_parser("validate", help="measure AP, recall, FPR and leak rate on annotated data (MLflow run)")
+    v.set_defaults(func=cmd_validate)
+    _validate_arguments(v)
     return p
 
 

@@ -73,7 +73,7 @@ class VideoReader:
             rate = v.average_rate or v.guessed_rate or v.base_rate or Fraction(25)
             self.rate: Fraction = Fraction(rate)
             self.nominal_frames = int(v.frames or 0)
-            self.stream_duration = (v.duration * self.time_base) if v.duration else None
+            self.stream_duration, self.duration_slack = _announced_duration(self.container, v, self.time_base)
             self.stream_start = v.start_time
         except BaseException:
             self.container.close()
@@ -155,7 +155,9 @@ class VideoReader:
             raise TooLarge(f"video has more than {self.limits.max_video_frames} frames")
         if (frame.width, frame.height) != self.stored_size:
             # A mid-stream resolution change would need a new encoder; refuse rather than guess.
-            raise UnsupportedMedia(f"frame size changes mid-stream ({self.stored_size} -> {frame.width}x{frame.height})")
+            raise UnsupportedMedia(
+                f"frame size changes mid-stream ({self.stored_size} -> {frame.width}x{frame.height})"
+            )
         pts = frame.pts
         if pts is None:
             pts = 0 if self._last_pts is None else self._last_pts + self.default_duration
@@ -188,11 +190,32 @@ class VideoReader:
         if self.stream_duration and self.end_pts is not None and self.first_pts is not None:
             start = self.stream_start if self.stream_start is not None else self.first_pts
             covered = (self.end_pts - start) * self.time_base
-            slack = max(Fraction(3) / self.rate, Fraction(1, 5))
+            slack = max(Fraction(3) / self.rate, self.duration_slack)
             if covered + slack < self.stream_duration:
                 raise CorruptMedia(
                     f"video is truncated: frames cover {float(covered):.2f} s of {float(self.stream_duration):.2f} s"
                 )
+
+
+def _announced_duration(container, v: av.VideoStream, tb: Fraction) -> tuple[Fraction | None, Fraction]:
+    """The video's duration as the container states it, and how much shortfall to tolerate.
+
+    MP4/MOV: the track duration. Matroska has no per-track duration field; FFmpeg and mkvmerge write
+    a DURATION tag per track. Last resort: the file's duration (the longest stream, often audio that
+    runs on a little after the picture), with a larger tolerance.
+    """
+    if v.duration:
+        return v.duration * tb, Fraction(1, 5)
+    tag = v.metadata.get("DURATION") or v.metadata.get("duration")
+    if tag:
+        try:
+            h, m, sec = tag.split(":")
+            return Fraction(int(h) * 3600 + int(m) * 60) + Fraction(sec), Fraction(1, 5)
+        except ValueError:
+            pass
+    if container.duration:
+        return Fraction(container.duration, 1_000_000), Fraction(1)
+    return None, Fraction(1)
 
 
 def _short(exc: Exception) -> str:

@@ -80,6 +80,10 @@ class VideoWriter:
                 setattr(ctx, attr, getattr(src, attr))
             except Exception:
                 pass
+        # RGB -> YUV must produce the range the stream is tagged with (full-range "yuvj" inputs
+        # would otherwise be written limited-range but tagged full: washed-out output)
+        rng = int(getattr(src, "color_range", 0) or 0)
+        self._dst_range = rng if rng in (1, 2) else None
         st.time_base = self.time_base  # a hint; muxers with a fixed clock (Matroska: 1 ms) override it
         if reader.display_matrix:
             st.set_display_matrix(list(reader.display_matrix))
@@ -94,6 +98,7 @@ class VideoWriter:
         if self.pad != (0, 0):
             rgb = np.pad(rgb, ((0, self.pad[1]), (0, self.pad[0]), (0, 0)), mode="edge")
         frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+        frame = frame.reformat(format=self.enc.pix_fmt, dst_color_range=self._dst_range)
         frame.pts = pts
         frame.time_base = self.time_base
         self._durations[pts] = duration

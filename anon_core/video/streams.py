@@ -37,6 +37,9 @@ class StreamPlan:
     container_tags_dropped: list[str] = field(default_factory=list)
     stream_tags_dropped: dict[int, list[str]] = field(default_factory=dict)
     chapters_dropped: int = 0
+    # plain-data copies for the audit: stream objects must not be touched after the input closes
+    video_index: int = -1
+    copied_info: list[dict] = field(default_factory=list)
 
     def removed(self) -> list[str]:
         """Human-readable list for AuditRecord.metadata_removed."""
@@ -50,8 +53,8 @@ class StreamPlan:
 
     def to_dict(self) -> dict:
         return {
-            "video_stream": self.video.index,
-            "streams_copied": [{"index": s.index, "kind": s.type, "codec": _codec_name(s)} for s in self.copy],
+            "video_stream": self.video_index,
+            "streams_copied": list(self.copied_info),
             "streams_dropped": [vars(d) for d in self.dropped],
             "container_tags_dropped": list(self.container_tags_dropped),
             "stream_tags_dropped": {str(k): v for k, v in self.stream_tags_dropped.items()},
@@ -110,6 +113,8 @@ def plan_streams(container: av.container.InputContainer, settings: VideoSettings
         _, dropped = filter_tags(dict(s.metadata), settings.allowed_stream_tags)
         if dropped:
             plan.stream_tags_dropped[s.index] = dropped
+    plan.video_index = video.index
+    plan.copied_info = [{"index": s.index, "kind": s.type, "codec": _codec_name(s)} for s in plan.copy]
     try:
         plan.chapters_dropped = len(container.chapters())
     except Exception:  # older PyAV: no chapter API, nothing to copy either

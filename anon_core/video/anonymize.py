@@ -1,0 +1,267 @@
+"""Video orchestration: decode -> detect (batched) -> track/schedule -> mask -> encode, pipelined.
+
+Three stages connected by bounded queues, each in its own thread when `pipelining` is on:
+
+    decode (thread)  --batches-->  detect+track+mask (thread)  --frames/packets-->  encode (caller's thread)
+
+PyAV (decode, swscale, x264), ONNX Runtime and OpenCV release the GIL, so the stages overlap on
+separate cores. Memory is bounded: at most `queue_batches` batches wait between stages and the
+mask scheduler holds back `lookahead` frames, independent of the video's length.
+
+Fail closed: any stage error stops the others, the partial output is closed and the exception
+(CorruptMedia etc.) propagates so the caller deletes the file and records why.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from typing import TypeVar
+
+from anon_core.detections import Detections
+from anon_core.media.errors import UnsupportedMedia
+from anon_core.tracking import MaskScheduler
+from anon_core.video.decode import Batch, Frame, VideoReader
+from anon_core.video.encode import MUXERS, VideoWriter
+from anon_core.video.settings import VideoSettings
+
+T = TypeVar("T")
+_END = object()
+
+
+class _Cancelled(Exception):
+    pass
+
+
+class _Pipeline:
+    """Shared stop flag + first error for the stage threads."""
+
+    def __init__(self) -> None:
+        self.stop = threading.Event()
+        self.error: BaseException | None = None
+        self.threads: list[threading.Thread] = []
+
+    def fail(self, exc: BaseException) -> None:
+        if self.error is None:
+            self.error = exc
+        self.stop.set()
+
+    def put(self, q: queue.Queue, item) -> None:
+        while not self.stop.is_set():
+            try:
+                q.put(item, timeout=0.05)
+                return
+            except queue.Full:
+                continue
+        raise _Cancelled
+
+    def get(self, q: queue.Queue):
+        while True:
+            if self.stop.is_set():  # checked first: after a failure nothing more is consumed
+                if self.error is not None:
+                    raise self.error
+                raise _Cancelled
+            try:
+                return q.get(timeout=0.05)
+            except queue.Empty:
+                continue
+
+    def prefetch(self, it: Iterable[T], maxsize: int, name: str) -> Iterator[T]:
+        """Run `it` in a thread, buffering up to `maxsize` items; errors surface in the consumer."""
+        q: queue.Queue = queue.Queue(maxsize)
+
+        def work() -> None:
+            try:
+                for x in it:
+                    self.put(q, x)
+                self.put(q, _END)
+            except _Cancelled:
+                pass
+            except BaseException as exc:  # handed to the consumer thread
+                self.fail(exc)
+
+        t = threading.Thread(target=work, name=f"anon-video-{name}", daemon=True)
+        t.start()
+        self.threads.append(t)
+        while True:
+            x = self.get(q)
+            if x is _END:
+                return
+            yield x
+
+    def shutdown(self) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join()
+
+
+def _add_ms(timings: dict[str, float], key: str, t0: float) -> None:
+    timings[key] = timings.get(key, 0.0) + (time.perf_counter() - t0) * 1000
+
+
+class _Analyser:
+    """Detect on every k-th frame, push to the scheduler, mask frames as they become final."""
+
+    def __init__(self, anonymizer, settings: VideoSettings, reader: VideoReader, timings: dict[str, float]):
+        self.anonymizer = anonymizer
+        self.k = settings.detect_every_k
+        fps = float(reader.rate)
+        self.scheduler = MaskScheduler.from_seconds(
+            fps, settings.lookahead_s, settings.lead_s, settings.trail_s,
+            # with sparse detection the gap between two detector frames must still be interpolated
+            max(settings.max_gap_s, (self.k + 1) / fps),
+            frame_size=reader.display_size, mask_thresh=settings.mask_thresh,
+        )
+        self.pending: dict[int, Frame] = {}  # frames waiting for the scheduler's verdict
+        self.timings = timings
+        self.detected: dict[str, int] = {}
+        self.masked: dict[str, int] = {}
+        self.frames_detected = 0
+        self.max_pending = 0
+        self.last_pushed = -1
+
+    def run(self, batches: Iterable[Batch]) -> Iterator[list]:
+        for batch in batches:
+            out: list = [batch.packets] if batch.packets else []
+            todo = [f for f in batch.frames if f.index % self.k == 0]
+            t0 = time.perf_counter()
+            dets = self.anonymizer.detect([f.rgb for f in todo]) if todo else []
+            _add_ms(self.timings, "detect", t0)
+            self.frames_detected += len(todo)
+            by_index = {f.index: d for f, d in zip(todo, dets)}
+            for f in batch.frames:
+                self.pending[f.index] = f
+                d = by_index.get(f.index)
+                if d is None:
+                    continue  # the scheduler treats skipped indices as frames without detections
+                for label, n in d.counts().items():
+                    self.detected[label] = self.detected.get(label, 0) + n
+                t0 = time.perf_counter()
+                final = self.scheduler.push(f.index, d)
+                self.last_pushed = f.index
+                _add_ms(self.timings, "track", t0)
+                out += self._mask(final)
+            self.max_pending = max(self.max_pending, len(self.pending))
+            if out:
+                yield out
+        t0 = time.perf_counter()
+        final = self._flush()
+        _add_ms(self.timings, "track", t0)
+        rest = self._mask(final)
+        if self.pending:  # fail closed: a frame the scheduler never released would go out unchecked
+            raise RuntimeError(f"{len(self.pending)} frames were never scheduled for masking")
+        if rest:
+            yield rest
+
+    def _flush(self) -> list[tuple[int, Detections]]:
+        # frames after the last detector frame were never pushed; push them as empty first
+        out = []
+        if self.pending and max(self.pending) > self.last_pushed:
+            out = self.scheduler.push(max(self.pending), Detections.empty())
+        return out + self.scheduler.flush()
+
+    def _mask(self, final: list[tuple[int, Detections]]) -> list:
+        out = []
+        t0 = time.perf_counter()
+        for idx, d in final:
+            f = self.pending.pop(idx)
+            rgb = f.rgb
+            if len(d):
+                rgb, _ = self.anonymizer.mask(rgb, d)
+                for label, n in d.counts().items():
+                    self.masked[label] = self.masked.get(label, 0) + n
+            out.append(Frame(f.index, rgb, f.pts, f.duration))
+        _add_ms(self.timings, "mask", t0)
+        return out
+
+
+def anonymize_video(anonymizer, source, out_path: str, media, rec) -> None:
+    """Anonymize one video from `source` (local path or binary file object) into `out_path`.
+
+    Fills `rec` (size, frames, duration, detections, masked, metadata_removed, timings, extra) and
+    raises an AssetError subclass for inputs that cannot be processed safely.
+    """
+    settings: VideoSettings = anonymizer.config.video
+    family = media.format
+    if family not in MUXERS:
+        raise UnsupportedMedia(f"unsupported video container {family!r} (supported: {', '.join(MUXERS)})")
+    timings = rec.timings_ms
+    t_start = time.perf_counter()
+    t0 = time.perf_counter()
+    reader = VideoReader(source, settings, anonymizer.config.limits)
+    writer: VideoWriter | None = None
+    pipe = _Pipeline()
+    ok = False
+    try:
+        reader.prime()
+        _add_ms(timings, "decode", t0)
+        writer = VideoWriter(out_path, family, reader, settings)
+        analyser = _Analyser(anonymizer, settings, reader, timings)
+
+        def decoded() -> Iterator[Batch]:
+            it = reader.batches(settings.batch_size)
+            while True:
+                t = time.perf_counter()
+                b = next(it, None)
+                _add_ms(timings, "decode", t)
+                if b is None:
+                    return
+                yield b
+
+        batches: Iterable[Batch] = decoded()
+        if settings.pipelining:
+            batches = pipe.prefetch(batches, settings.queue_batches, "decode")
+        results: Iterable[list] = analyser.run(batches)
+        if settings.pipelining:
+            results = pipe.prefetch(results, settings.queue_batches, "analyse")
+        for items in results:
+            t = time.perf_counter()
+            for item in items:
+                if isinstance(item, Frame):
+                    writer.write_frame(item.rgb, item.pts, item.duration)
+                else:
+                    writer.write_packets(item)
+            _add_ms(timings, "encode", t)
+        t = time.perf_counter()
+        writer.finish()
+        _add_ms(timings, "encode", t)
+        if writer.frames_written != reader.frames_decoded:
+            raise RuntimeError(f"wrote {writer.frames_written} of {reader.frames_decoded} frames")
+        ok = True
+    finally:
+        pipe.shutdown()
+        if writer is not None and not ok:
+            writer.abort()
+        reader.close()
+    timings["video_wall"] = (time.perf_counter() - t_start) * 1000
+
+    rec.width, rec.height = reader.display_size
+    rec.frames = reader.frames_decoded
+    rec.duration_s = float((reader.end_pts - reader.first_pts) * reader.time_base)
+    rec.detections = dict(analyser.detected)
+    rec.masked = dict(analyser.masked)
+    rec.metadata_removed = reader.plan.removed()
+    wall = timings["video_wall"] / 1000
+    rec.extra.update({
+        "tracks": analyser.scheduler.stats(),
+        **reader.plan.to_dict(),
+        "encoder": writer.describe(),
+        "video": {
+            "codec_in": reader.codec,
+            "time_base": str(reader.time_base),
+            "average_rate": float(reader.rate),
+            "rotation": reader.rotation,
+            "display_matrix": list(reader.display_matrix) if reader.display_matrix else None,
+            "pts_repaired": reader.pts_repaired,
+            "packets_copied": writer.packets_copied,
+            "frames_detected": analyser.frames_detected,
+            "detect_every_k": settings.detect_every_k,
+            "batch_size": settings.batch_size,
+            "pipelining": settings.pipelining,
+            "max_frames_held": analyser.max_pending,
+            "fps": round(reader.frames_decoded / wall, 2) if wall > 0 else None,
+        },
+    })
+
