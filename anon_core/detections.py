@@ -57,8 +57,14 @@ class Detections:
             landmarks=None if self.landmarks is None else self.landmarks[idx],
             masks=None if self.masks is None else [self.masks[i] for i in idx],
             track_ids=None if self.track_ids is None else self.track_ids[idx],
-            data=dict(self.data),
+            data=self._data_rows(idx),
         )
+
+    def _data_rows(self, idx: np.ndarray) -> dict:
+        """Per-row arrays in `data` follow the selection; anything else is shared metadata."""
+        n = len(self)
+        return {k: v[idx] if isinstance(v, np.ndarray) and v.ndim >= 1 and len(v) == n else v
+                for k, v in self.data.items()}
 
     @classmethod
     def merge(cls, parts: list[Detections]) -> Detections:
@@ -74,6 +80,9 @@ class Detections:
         tids = None
         if all(p.track_ids is not None for p in parts):
             tids = np.concatenate([p.track_ids for p in parts])
+        keys = set.intersection(*(set(p.data) for p in parts))
+        data = {k: np.concatenate([p.data[k] for p in parts]) for k in keys
+                if all(isinstance(p.data[k], np.ndarray) and len(p.data[k]) == len(p) for p in parts)}
         return cls(
             xyxy=np.concatenate([p.xyxy for p in parts]),
             scores=np.concatenate([p.scores for p in parts]),
@@ -81,6 +90,7 @@ class Detections:
             landmarks=lm,
             masks=masks,
             track_ids=tids,
+            data=data,
         )
 
     def counts(self) -> dict[str, int]:

@@ -74,9 +74,21 @@ class Anonymizer:
         return rec
 
     # -- frames
-    def detect(self, frames: Sequence[np.ndarray]) -> list[Detections]:
-        """All configured detectors over a batch of RGB frames, kept to the policy's classes."""
-        per_det = [d.detect(frames) for d in self.detectors.values()]
+    def detect(self, frames: Sequence[np.ndarray], min_score: float | None = None) -> list[Detections]:
+        """All configured detectors over a batch of RGB frames, kept to the policy's classes.
+
+        `min_score` (video) also returns weaker candidates from detectors that support it, so the
+        tracker can extend tracks through hard frames; `data["confident"]` marks the detections
+        that pass their detector's own threshold and are masked on their own.
+        """
+        per_det = []
+        for d in self.detectors.values():
+            res = d.detect(frames, min_score=min_score) if min_score is not None and _takes_min_score(d) \
+                else d.detect(frames)
+            thr = float(getattr(d, "threshold", 0.0))
+            for r in res:
+                r.data["confident"] = r.scores >= thr
+            per_det.append(res)
         out = []
         for i in range(len(frames)):
             merged = Detections.merge([r[i] for r in per_det])
@@ -187,6 +199,12 @@ class Anonymizer:
         rec.output_sha256 = sha256_bytes(out)
         rec.output_size = len(out)
         return out
+
+
+def _takes_min_score(detector) -> bool:
+    import inspect
+
+    return "min_score" in inspect.signature(detector.detect).parameters
 
 
 def _is_local(fs) -> bool:

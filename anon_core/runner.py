@@ -62,33 +62,8 @@ def run(input_uri: str, output_uri: str, config: AnonConfig | None = None, run_i
     t0 = time.perf_counter()
     try:
         for path, rel in items:
-            rec = AuditRecord(run_id=run_id, input_uri=_display(input_uri, path), relative_path=rel,
-                              started_at=now())
-            rec.config_json = None
-            try:
-                size = in_fs.size(path)
-                if size is not None and size > config.limits.max_bytes:
-                    anonymizer.stamp(rec).fail(f"file is {size} bytes: above the limit", "too_large")
-                else:
-                    with in_fs.open(path, "rb") as fh:
-                        media = sniff(fh.read(64))
-                    target = join(out_root, rel)
-                    if media.kind in ("video", "audio"):
-                        # Streams go through a private temp dir that is removed on success and failure.
-                        with tempfile.TemporaryDirectory(prefix="anon-") as work:
-                            os.chmod(work, 0o700)
-                            local = anonymizer.process_stream(in_fs, path, media, rec, work)
-                            if local is not None:
-                                put_atomic(out_fs, local, target)
-                                rec.output_uri = _display(output_uri, target)
-                    else:
-                        out = anonymizer.process_bytes(in_fs.cat_file(path), rec)
-                        if out is not None:
-                            write_atomic(out_fs, target, out)
-                            rec.output_uri = _display(output_uri, target)
-            except OSError as exc:  # storage errors fail the asset, not the run
-                rec.fail(f"storage error: {exc}", "storage")
-            rec.finished_at = now()
+            rec = process_asset(anonymizer, in_fs, path, rel, out_fs, out_root, run_id=run_id,
+                                input_uri=input_uri, output_uri=output_uri)
             if rec.status == "failed":
                 log.info("failed %s: %s", rec.relative_path, rec.error)
             summary.records.append(rec)
@@ -104,6 +79,47 @@ def run(input_uri: str, output_uri: str, config: AnonConfig | None = None, run_i
             summary.records[0].config_json = _config_json(config)
         write_manifest(summary.records, out_fs, manifest)
     return summary
+
+
+def process_asset(anonymizer: Anonymizer, in_fs, path: str, rel: str, out_fs, out_root: str, *, run_id: str,
+                  input_uri: str, output_uri: str, data: bytes | None = None) -> AuditRecord:
+    """Anonymize one asset and publish its output atomically; the record says what happened.
+
+    Shared by the CLI loop and the Ray job's actors. `data` lets a caller pass image bytes it already
+    fetched (the Ray actor fetches a batch's small objects concurrently). Videos and audio are always
+    streamed from `in_fs`, never read whole. The output is durable when this returns an ok record.
+    """
+    config = anonymizer.config
+    rec = AuditRecord(run_id=run_id, input_uri=_display(input_uri, path), relative_path=rel, started_at=now())
+    rec.config_json = None
+    try:
+        size = len(data) if data is not None else in_fs.size(path)
+        if size is not None and size > config.limits.max_bytes:
+            anonymizer.stamp(rec).fail(f"file is {size} bytes: above the limit", "too_large")
+        else:
+            if data is not None:
+                media = sniff(data[:64])
+            else:
+                with in_fs.open(path, "rb") as fh:
+                    media = sniff(fh.read(64))
+            target = join(out_root, rel)
+            if media.kind in ("video", "audio"):
+                # Streams go through a private temp dir that is removed on success and failure.
+                with tempfile.TemporaryDirectory(prefix="anon-") as work:
+                    os.chmod(work, 0o700)
+                    local = anonymizer.process_stream(in_fs, path, media, rec, work)
+                    if local is not None:
+                        put_atomic(out_fs, local, target)
+                        rec.output_uri = _display(output_uri, target)
+            else:
+                out = anonymizer.process_bytes(data if data is not None else in_fs.cat_file(path), rec)
+                if out is not None:
+                    write_atomic(out_fs, target, out)
+                    rec.output_uri = _display(output_uri, target)
+    except OSError as exc:  # storage errors fail the asset, not the run
+        rec.fail(f"storage error: {exc}", "storage")
+    rec.finished_at = now()
+    return rec
 
 
 def _config_json(config: AnonConfig) -> str:

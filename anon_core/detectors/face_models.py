@@ -76,7 +76,9 @@ class RetinaFaceMobile(OnnxFaceModel):
             size = a[:, 2:] * np.exp(d[:, 2:] * self.variance[1])
             xyxy = np.concatenate([centre - size / 2, centre + size / 2], axis=1)
             lm = pts[b, keep].reshape(-1, 5, 2) * self.variance[0] * a[:, None, 2:] + a[:, None, :2]
-            out.append((xyxy.astype(np.float32), s[keep].astype(np.float32), lm.astype(np.float32)))
+            # Neighbouring anchors fire on the same face; NMS here keeps view fusion cheap.
+            k = nms(xyxy, s[keep], 0.4)
+            out.append((xyxy[k].astype(np.float32), s[keep][k].astype(np.float32), lm[k].astype(np.float32)))
         return out
 
 

@@ -53,15 +53,17 @@ class FaceDetector:
             "tile_size": self.tile_size,
         }
 
-    def detect(self, frames: Sequence[np.ndarray]) -> list[Detections]:
+    def detect(self, frames: Sequence[np.ndarray], min_score: float | None = None) -> list[Detections]:
+        """Faces at or above the threshold (or down to min_score, for a tracker's second stage)."""
+        threshold = self.threshold if min_score is None else min(self.threshold, float(min_score))
         views = []
         for i, f in enumerate(frames):
             views += plan_views(f.shape[:2], i, self.scales, self.max_side, self.flip, self.tile_size)
-        per_frame = run_views(self.net, frames, views, self.candidate_threshold, self.batch_size)
+        per_frame = run_views(self.net, frames, views, min(self.candidate_threshold, threshold), self.batch_size)
         out = []
         for i, f in enumerate(frames):
             d = fuse(per_frame.get(i, []), self.fuse_iou, f.shape[1], f.shape[0], "face")
-            keep = d.scores >= self.threshold
+            keep = d.scores >= threshold
             if self.min_size:
                 keep &= d.wh.min(axis=1) >= self.min_size
             out.append(d[keep])

@@ -91,7 +91,7 @@ def _render(frame: np.ndarray, v: View, stride: int) -> tuple[np.ndarray, float,
 
 
 def run_views(model, frames: Sequence[np.ndarray], views: list[View], threshold: float, batch_size: int):
-    """Returns per-frame lists of (boxes, scores, landmarks, view) in image coordinates."""
+    """Returns per-frame lists of (boxes, scores, landmarks, view), boxes in image coordinates."""
     per_frame: dict[int, list] = defaultdict(list)
     groups: dict[tuple[int, int], list] = defaultdict(list)
     for v in views:
@@ -117,7 +117,7 @@ def run_views(model, frames: Sequence[np.ndarray], views: list[View], threshold:
                 if (v.x0, v.y0, v.x1, v.y1) != (0, 0, frames[v.frame].shape[1], frames[v.frame].shape[0]):
                     keep = _not_cut_by_inner_edge(b, v, frames[v.frame].shape)
                     b, s, lm = b[keep], s[keep], lm[keep]
-                per_frame[v.frame].append((b, s, lm))
+                per_frame[v.frame].append((b, s, lm, v))
     return per_frame
 
 
@@ -139,22 +139,25 @@ def _not_cut_by_inner_edge(b: np.ndarray, v: View, shape: tuple) -> np.ndarray:
 
 def fuse(parts: list, iou: float, width: int, height: int, label: str) -> Detections:
     """Merge overlapping detections from all views: score-weighted box average over each cluster,
-    keeping the best score. Averaging steadies boxes across views; keeping the max keeps recall."""
+    keeping the best score. Averaging steadies boxes across views; keeping the max keeps recall.
+
+    Greedy clustering, best score first, comparing one box against the remaining ones per step:
+    memory stays linear in the number of candidates (crowds give thousands at low thresholds).
+    """
     if not parts:
         return Detections.empty()
-    b = np.concatenate([p[0] for p in parts])
+    b = np.concatenate([p[0] for p in parts]).astype(np.float64)
     s = np.concatenate([p[1] for p in parts])
     lm = np.concatenate([p[2] for p in parts])
     order = np.argsort(-s, kind="stable")
     b, s, lm = b[order], s[order], lm[order]
-    used = np.zeros(len(s), bool)
-    ious = iou_matrix(b, b)
+    remaining = np.arange(len(s))
     ob, os_, olm = [], [], []
-    for i in range(len(s)):
-        if used[i]:
-            continue
-        members = np.nonzero(~used & (ious[i] > iou))[0]
-        used[members] = True
+    while remaining.size:
+        i = remaining[0]
+        members = remaining[iou_matrix(b[i : i + 1], b[remaining])[0] > iou]
+        members = members if members.size else remaining[:1]
+        remaining = np.setdiff1d(remaining, members, assume_unique=True)
         wts = s[members][:, None]
         ob.append((b[members] * wts).sum(0) / wts.sum())
         olm.append((lm[members] * wts[:, :, None]).sum(0) / wts.sum())

@@ -185,7 +185,11 @@ class MaskScheduler:
 
     def _ingest(self, i: int, dets: Detections) -> list[tuple[int, Detections]]:
         tracked = self.tracker.update(dets, i)
-        keep = (tracked.scores >= self.mask_thresh) | (tracked.track_ids >= 0)
+        # The detector may say per detection whether it passes its own class threshold.
+        confident = tracked.data.get("confident")
+        if not isinstance(confident, np.ndarray) or len(confident) != len(tracked):
+            confident = tracked.scores >= self.mask_thresh
+        keep = confident | (tracked.track_ids >= 0)
         kept = tracked[keep]
         states = self.tracker.states(kept.track_ids)
         row_of = {int(t): r for r, t in enumerate(kept.track_ids) if t >= 0}

@@ -107,6 +107,7 @@ class _Analyser:
     def __init__(self, anonymizer, settings: VideoSettings, reader: VideoReader, timings: dict[str, float]):
         self.anonymizer = anonymizer
         self.k = settings.detect_every_k
+        self.candidate_score = settings.candidate_score
         fps = float(reader.rate)
         self.scheduler = MaskScheduler.from_seconds(
             fps, settings.lookahead_s, settings.lead_s, settings.trail_s,
@@ -127,7 +128,7 @@ class _Analyser:
             out: list = [batch.packets] if batch.packets else []
             todo = [f for f in batch.frames if f.index % self.k == 0]
             t0 = time.perf_counter()
-            dets = self.anonymizer.detect([f.rgb for f in todo]) if todo else []
+            dets = self.anonymizer.detect([f.rgb for f in todo], min_score=self.candidate_score) if todo else []
             _add_ms(self.timings, "detect", t0)
             self.frames_detected += len(todo)
             by_index = {f.index: d for f, d in zip(todo, dets)}

@@ -55,7 +55,11 @@ class VideoSettings:
         with the stream's average frame rate). The look-ahead is how many frames are held back.
     detect_every_k: run the detector on every k-th frame only; the tracker propagates boxes in
         between. 1 (off) by default: measured recall drops on fast motion (benchmarks/video_leak.py).
-    mask_thresh: raw detections at or above this score are always masked in their own frame.
+    mask_thresh: raw detections at or above this score are always masked in their own frame
+        (used only for detectors that don't mark their own confident detections).
+    candidate_score: detectors that support it also return weaker candidates down to this score;
+        they are masked only when the tracker attaches them to a track (ByteTrack's second stage),
+        which carries masks through blur, profile turns and partial occlusion.
     keep_audio: copy audio streams bit-exact (remux); False drops them.
     allowed_stream_kinds: stream types kept besides the first video stream and audio, e.g.
         ("subtitle",). Data (GPS, GoPro GPMF telemetry, timecode) and attachments (cover art,
@@ -76,6 +80,7 @@ class VideoSettings:
     max_gap_s: float = 0.5
     detect_every_k: int = 1
     mask_thresh: float = 0.5
+    candidate_score: float = 0.2
     keep_audio: bool = True
     allowed_stream_kinds: tuple[str, ...] = ()
     allowed_container_tags: tuple[str, ...] = ()
