@@ -45,7 +45,8 @@ class OnnxFaceModel:
         return model
 
     def info(self) -> ModelInfo:
-        return ModelInfo(f"{self.name}-{self.precision}", self.weights.version, self.weights.sha256, self.weights.source)
+        w = self.weights
+        return ModelInfo(f"{self.name}-{self.precision}", w.version, w.sha256, w.source)
 
     def forward(self, batch: np.ndarray, threshold: float) -> list[RawResult]:
         raise NotImplementedError

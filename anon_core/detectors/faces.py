@@ -28,6 +28,8 @@ class FaceDetector:
         flip: bool = False,
         min_size: float = 0.0,
         fuse_iou: float = 0.4,
+        upscale_max_face: float = 48.0,
+        score_fusion: str = "noisy_or",
         batch_size: int = 8,
         device: str = "auto",
         precision: str = "auto",
@@ -40,6 +42,9 @@ class FaceDetector:
         self.scales = tuple(float(s) for s in scales)
         self.max_side, self.tile_size, self.flip = int(max_side), int(tile_size), bool(flip)
         self.min_size, self.fuse_iou, self.batch_size = float(min_size), float(fuse_iou), int(batch_size)
+        if score_fusion not in ("noisy_or", "max"):
+            raise ValueError("score_fusion must be noisy_or or max")
+        self.upscale_max_face, self.score_fusion = float(upscale_max_face), score_fusion
 
     def info(self) -> ModelInfo:
         return self.net.info()
@@ -51,6 +56,8 @@ class FaceDetector:
             "flip": self.flip,
             "max_side": self.max_side,
             "tile_size": self.tile_size,
+            "upscale_max_face": self.upscale_max_face,
+            "score_fusion": self.score_fusion,
         }
 
     def detect(self, frames: Sequence[np.ndarray], min_score: float | None = None) -> list[Detections]:
@@ -62,7 +69,8 @@ class FaceDetector:
         per_frame = run_views(self.net, frames, views, min(self.candidate_threshold, threshold), self.batch_size)
         out = []
         for i, f in enumerate(frames):
-            d = fuse(per_frame.get(i, []), self.fuse_iou, f.shape[1], f.shape[0], "face")
+            d = fuse(per_frame.get(i, []), self.fuse_iou, f.shape[1], f.shape[0], "face", self.upscale_max_face,
+                     self.score_fusion)
             keep = d.scores >= threshold
             if self.min_size:
                 keep &= d.wh.min(axis=1) >= self.min_size

@@ -137,20 +137,37 @@ def _not_cut_by_inner_edge(b: np.ndarray, v: View, shape: tuple) -> np.ndarray:
     return ~cut
 
 
-def fuse(parts: list, iou: float, width: int, height: int, label: str) -> Detections:
-    """Merge overlapping detections from all views: score-weighted box average over each cluster,
-    keeping the best score. Averaging steadies boxes across views; keeping the max keeps recall.
+def fuse(parts: list, iou: float, width: int, height: int, label: str, upscale_max_face: float = 0.0,
+         score_fusion: str = "noisy_or") -> Detections:
+    """Merge the detections of all views into one set.
 
-    Greedy clustering, best score first, comparing one box against the remaining ones per step:
-    memory stays linear in the number of candidates (crowds give thousands at low thresholds).
+    - Upscaled views exist to find small faces; their large detections are mostly texture seen too
+      close, so a view with scale > 1 only contributes faces smaller than `upscale_max_face` px
+      (in image pixels; 0 = no limit), like a scale-specific valid range.
+    - Boxes in a cluster are averaged, weighted by score (steadier than any single view).
+    - Scores: "noisy_or" treats each (scale, flip) view as independent evidence, 1 - prod(1 - best
+      score per view), so a face seen by several views outranks a blip seen by one; "max" keeps the
+      best single score.
+
+    Greedy clustering, best score first, one box against the remaining ones per step: memory stays
+    linear in the number of candidates (crowds give thousands at low thresholds).
     """
-    if not parts:
+    sel = []
+    for p in parts:
+        b, s, lm, v = p
+        if upscale_max_face and v.scale > 1:
+            k = (b[:, 2:] - b[:, :2]).min(axis=1) < upscale_max_face
+            b, s, lm = b[k], s[k], lm[k]
+        if len(s):
+            sel.append((b, s, lm, np.full(len(s), hash((v.scale, v.flip)))))
+    if not sel:
         return Detections.empty()
-    b = np.concatenate([p[0] for p in parts]).astype(np.float64)
-    s = np.concatenate([p[1] for p in parts])
-    lm = np.concatenate([p[2] for p in parts])
+    b = np.concatenate([p[0] for p in sel]).astype(np.float64)
+    s = np.concatenate([p[1] for p in sel])
+    lm = np.concatenate([p[2] for p in sel])
+    vid = np.concatenate([p[3] for p in sel])
     order = np.argsort(-s, kind="stable")
-    b, s, lm = b[order], s[order], lm[order]
+    b, s, lm, vid = b[order], s[order], lm[order], vid[order]
     remaining = np.arange(len(s))
     ob, os_, olm = [], [], []
     while remaining.size:
@@ -161,7 +178,13 @@ def fuse(parts: list, iou: float, width: int, height: int, label: str) -> Detect
         wts = s[members][:, None]
         ob.append((b[members] * wts).sum(0) / wts.sum())
         olm.append((lm[members] * wts[:, :, None]).sum(0) / wts.sum())
-        os_.append(s[i])
+        if score_fusion == "noisy_or":
+            best: dict[int, float] = {}
+            for j in members:  # members are in descending score order: the first per view is its best
+                best.setdefault(int(vid[j]), float(s[j]))
+            os_.append(1.0 - float(np.prod([1.0 - v for v in best.values()])))
+        else:
+            os_.append(float(s[i]))
     xyxy = np.asarray(ob, np.float32)
     xyxy[:, [0, 2]] = xyxy[:, [0, 2]].clip(0, width)
     xyxy[:, [1, 3]] = xyxy[:, [1, 3]].clip(0, height)
