@@ -17,12 +17,13 @@ import numpy as np
 
 from anon_core.audit import AuditRecord, sha256_bytes
 from anon_core.config import AnonConfig
+from anon_core.deadline import Deadline
 from anon_core.detections import Detections
 from anon_core.detectors import create_detector
 from anon_core.detectors.base import Detector
 from anon_core.masking import Masker
 from anon_core.media import image_io
-from anon_core.media.errors import AssetError, UnsupportedMedia
+from anon_core.media.errors import AnalysisFailed, AssetError, UnsupportedMedia
 from anon_core.media.probe import MediaType, sniff
 
 log = logging.getLogger(__name__)
@@ -57,10 +58,16 @@ class Anonymizer:
             log.warning(msg)
         self.masker = Masker({c: self.config.masks[c] for c in self.classes if c in self.config.masks})
         self.config_hash = self.config.hash()
+        self.residual = None
+        if self.config.residual.enabled:
+            from anon_core.residual import ResidualChecker
+
+            self.residual = ResidualChecker(self.config)
 
     # -- what the audit needs to say about this pipeline
     def models(self) -> list[dict]:
-        return [vars(d.info()) for d in self.detectors.values()]
+        infos = [i for d in self.detectors.values() for i in (d.infos() if hasattr(d, "infos") else [d.info()])]
+        return [vars(i) for i in infos]
 
     def thresholds(self) -> dict[str, float]:
         return {f"{k}.threshold": float(getattr(d, "threshold", float("nan"))) for k, d in self.detectors.items()}
@@ -82,9 +89,15 @@ class Anonymizer:
         that pass their detector's own threshold and are masked on their own.
         """
         per_det = []
-        for d in self.detectors.values():
-            res = d.detect(frames, min_score=min_score) if min_score is not None and _takes_min_score(d) \
-                else d.detect(frames)
+        for key, d in self.detectors.items():
+            try:
+                res = d.detect(frames, min_score=min_score) if min_score is not None and _takes_min_score(d) \
+                    else d.detect(frames)
+                if len(res) != len(frames):  # a result list that doesn't line up would leave frames unchecked
+                    raise RuntimeError(f"returned {len(res)} results for {len(frames)} frames")
+            except Exception as exc:
+                msg = str(exc).splitlines()[0][:200] if str(exc) else ""
+                raise AnalysisFailed(f"detector {key!r} failed: {type(exc).__name__}: {msg}") from exc
             thr = float(getattr(d, "threshold", 0.0))
             for r in res:
                 r.data["confident"] = r.scores >= thr
@@ -96,24 +109,59 @@ class Anonymizer:
             out.append(merged[keep])
         return out
 
+    def detect_or_mask(self, frames: Sequence[np.ndarray], min_score: float | None = None
+                       ) -> tuple[list[Detections], list[bool]]:
+        """`detect` under the `on_analysis_error` policy: (detections, per-frame "analysis failed" flags).
+
+        fail: AnalysisFailed propagates (the asset is not published). mask_frame: the batch is retried
+        frame by frame and only the frames whose analysis still fails are flagged; the caller must mask
+        those whole (`mask_whole_frame`), never publish them as they are.
+        """
+        try:
+            return self.detect(frames, min_score), [False] * len(frames)
+        except AnalysisFailed:
+            if self.config.on_analysis_error != "mask_frame":
+                raise
+        dets, failed = [], []
+        for f in frames:
+            try:
+                dets.append(self.detect([f], min_score)[0])
+                failed.append(False)
+            except AnalysisFailed as exc:
+                log.warning("analysis failed on a frame, masking it whole: %s", exc)
+                dets.append(Detections.empty())
+                failed.append(True)
+        return dets, failed
+
     def mask(self, frame: np.ndarray, dets: Detections) -> tuple[np.ndarray, int]:
         return self.masker.apply(frame, dets)
 
     # -- still images
-    def anonymize_image(self, data: bytes, media: MediaType, rec: AuditRecord) -> bytes:
+    def anonymize_image(self, data: bytes, media: MediaType, rec: AuditRecord, deadline: Deadline | None = None
+                        ) -> bytes:
         t = rec.timings_ms
+        deadline = deadline or Deadline(0)
         with timed(t, "decode"):
             dec = image_io.decode(data, media.format, self.config.limits.max_pixels, self.config.limits.max_side)
         rec.height, rec.width = dec.rgb.shape[:2]
         rec.frames = 1
+        deadline.check("decode")
         with timed(t, "detect"):
-            dets = self.detect([dec.rgb])[0]
+            (dets,), (failed,) = self.detect_or_mask([dec.rgb])
+        deadline.check("detect")
         with timed(t, "mask"):
-            out, _ = self.mask(dec.rgb, dets)
+            if failed:
+                out = mask_whole_frame(dec.rgb)
+                rec.extra["analysis_errors"] = {"frames_masked_whole": 1}
+            else:
+                out, _ = self.mask(dec.rgb, dets)
+        rec.detections = dets.counts()
+        rec.masked = dets.counts() if not failed else {"whole_frame": 1}
+        if self.residual is not None and not failed:
+            with timed(t, "residual"):
+                out = self.residual.check_image(out, rec)
         with timed(t, "encode"):
             encoded = image_io.encode(out, dec, self.config.metadata, self.config.image.jpeg_quality)
-        rec.detections = dets.counts()
-        rec.masked = dets.counts()
         rec.metadata_removed = dec.removed
         return encoded
 
@@ -125,6 +173,7 @@ class Anonymizer:
         self.stamp(rec)
         rec.media_type, rec.format = media.kind, media.format
         t0 = time.perf_counter()
+        deadline = Deadline(self.config.limits.asset_timeout_s)
         out_path = os.path.join(workdir, "output" + os.path.splitext(path)[1].lower())
         try:
             with timed(rec.timings_ms, "hash"):
@@ -134,7 +183,7 @@ class Anonymizer:
 
                 source = path if _is_local(fs) else fs.open(path, "rb")
                 try:
-                    anonymize_video(self, source, out_path, media, rec)
+                    anonymize_video(self, source, out_path, media, rec, deadline=deadline)
                 finally:
                     if not isinstance(source, str):
                         source.close()
@@ -143,7 +192,7 @@ class Anonymizer:
 
                 source = path if _is_local(fs) else fs.open(path, "rb")
                 try:
-                    anonymize_audio(self, source, out_path, media, rec)
+                    anonymize_audio(self, source, out_path, media, rec, deadline=deadline)
                 finally:
                     if not isinstance(source, str):
                         source.close()
@@ -172,6 +221,7 @@ class Anonymizer:
         rec.input_sha256 = sha256_bytes(data)
         rec.input_size = len(data)
         t0 = time.perf_counter()
+        deadline = Deadline(self.config.limits.asset_timeout_s)
         try:
             if len(data) > self.config.limits.max_bytes:
                 raise AssetError(f"file is {len(data)} bytes: above the limit of {self.config.limits.max_bytes}")
@@ -180,7 +230,7 @@ class Anonymizer:
             if not data:
                 raise UnsupportedMedia("empty file (0 bytes)")
             if media.kind == "image":
-                out = self.anonymize_image(data, media, rec)
+                out = self.anonymize_image(data, media, rec, deadline)
             else:
                 raise UnsupportedMedia(f"unsupported or unrecognised media ({media.kind}/{media.format})")
         except AssetError as exc:
@@ -199,6 +249,11 @@ class Anonymizer:
         rec.output_sha256 = sha256_bytes(out)
         rec.output_size = len(out)
         return out
+
+
+def mask_whole_frame(frame: np.ndarray) -> np.ndarray:
+    """What a frame that could not be analysed is published as (on_analysis_error=mask_frame): flat grey."""
+    return np.full_like(frame, 128)
 
 
 def _takes_min_score(detector) -> bool:

@@ -29,6 +29,8 @@ class FaceDetector:
         min_size: float = 0.0,
         fuse_iou: float = 0.4,
         upscale_max_face: float = 48.0,
+        upscale_model: str | None = None,
+        upscale_weights: str | None = None,
         score_fusion: str = "noisy_or",
         batch_size: int = 8,
         device: str = "auto",
@@ -36,6 +38,11 @@ class FaceDetector:
         threads: int = 0,
     ):
         self.net = FACE_MODELS[model](weights=weights, device=device, precision=precision, threads=threads)
+        # The upscaled views hunt small faces only; a cheaper network can do that job (see models/*.md).
+        self.upscale_net = self.net
+        if upscale_model and upscale_model != model:
+            self.upscale_net = FACE_MODELS[upscale_model](weights=upscale_weights, device=device,
+                                                          precision=precision, threads=threads)
         self.threshold = float(threshold)
         # Views are decoded at a lower score so that fusion sees weak evidence from each view.
         self.candidate_threshold = float(candidate_threshold if candidate_threshold is not None else threshold)
@@ -49,6 +56,10 @@ class FaceDetector:
     def info(self) -> ModelInfo:
         return self.net.info()
 
+    def infos(self) -> list[ModelInfo]:
+        nets = [self.net] if self.upscale_net is self.net else [self.net, self.upscale_net]
+        return [n.info() for n in nets]
+
     def params(self) -> dict:
         return {
             "threshold": self.threshold,
@@ -57,6 +68,7 @@ class FaceDetector:
             "max_side": self.max_side,
             "tile_size": self.tile_size,
             "upscale_max_face": self.upscale_max_face,
+            "upscale_model": self.upscale_net.name,
             "score_fusion": self.score_fusion,
         }
 
@@ -66,7 +78,14 @@ class FaceDetector:
         views = []
         for i, f in enumerate(frames):
             views += plan_views(f.shape[:2], i, self.scales, self.max_side, self.flip, self.tile_size)
-        per_frame = run_views(self.net, frames, views, min(self.candidate_threshold, threshold), self.batch_size)
+        cand = min(self.candidate_threshold, threshold)
+        if self.upscale_net is self.net:
+            per_frame = run_views(self.net, frames, views, cand, self.batch_size)
+        else:
+            per_frame = run_views(self.net, frames, [v for v in views if v.scale <= 1], cand, self.batch_size)
+            up = run_views(self.upscale_net, frames, [v for v in views if v.scale > 1], cand, self.batch_size)
+            for i, parts in up.items():
+                per_frame[i].extend(parts)
         out = []
         for i, f in enumerate(frames):
             d = fuse(per_frame.get(i, []), self.fuse_iou, f.shape[1], f.shape[0], "face", self.upscale_max_face,
