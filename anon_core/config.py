@@ -59,6 +59,39 @@ class Limits:
     max_side: int = 30_000
     max_bytes: int = 2 * 1024**3
     max_video_frames: int = 2_000_000
+    # Wall-clock limit per asset (video/audio: checked while decoding and between stages); 0 disables it.
+    # 6 h: far above any asset's normal time on a CPU, short enough that a stuck asset frees its worker.
+    asset_timeout_s: float = 21_600.0
+
+
+ANALYSIS_ERROR_MODES = ("fail", "mask_frame")
+RESIDUAL_ACTIONS = ("remask", "flag", "fail")
+
+
+def _default_residual_detector() -> DetectorSpec:
+    # A different network than the primary RetinaFace, so its misses are less correlated with ours.
+    return DetectorSpec("face", {"model": "centerface", "threshold": 0.5, "scales": [1.0], "max_side": 1920})
+
+
+@dataclass
+class ResidualSettings:
+    """Second-opinion check: a different detector runs on the masked output (anon_core/residual.py).
+
+    action: remask (mask what it finds, then publish), flag (publish, count it in the audit) or fail
+    (publish nothing when anything is found). video_every_s: video frames are checked on a sample, one
+    output frame per this many seconds (0: every frame).
+    """
+
+    enabled: bool = False
+    detector: DetectorSpec = field(default_factory=_default_residual_detector)
+    action: str = "remask"
+    video_every_s: float = 1.0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.detector, dict):
+            self.detector = DetectorSpec(**self.detector)
+        if self.action not in RESIDUAL_ACTIONS:
+            raise ValueError(f"residual.action must be one of {RESIDUAL_ACTIONS}, got {self.action!r}")
 
 
 @dataclass
@@ -80,6 +113,13 @@ class AnonConfig:
     device: str = "auto"
     # A class the policy asks for but no configured detector covers: fail the asset (safe) or only warn.
     require_all_classes: bool = False
+    # A detector error on a frame: fail the asset (nothing published) or mask that whole frame and go on.
+    on_analysis_error: str = "fail"
+    residual: ResidualSettings = field(default_factory=ResidualSettings)
+
+    def __post_init__(self) -> None:
+        if self.on_analysis_error not in ANALYSIS_ERROR_MODES:
+            raise ValueError(f"on_analysis_error must be one of {ANALYSIS_ERROR_MODES}, got {self.on_analysis_error!r}")
 
     def wanted_classes(self) -> list[str]:
         if self.classes:
@@ -99,7 +139,7 @@ class AnonConfig:
     def from_dict(cls, d: dict | None) -> AnonConfig:
         d = dict(d or {})
         cfg = cls()
-        for key in ("policy", "device", "require_all_classes"):
+        for key in ("policy", "device", "require_all_classes", "on_analysis_error"):
             if key in d:
                 setattr(cfg, key, d[key])
         if "classes" in d:
@@ -122,4 +162,8 @@ class AnonConfig:
             cfg.video = d["video"] if isinstance(d["video"], VideoSettings) else VideoSettings.from_dict(d["video"])
         if "audio" in d:
             cfg.audio = d["audio"] if isinstance(d["audio"], AudioSettings) else AudioSettings.from_dict(d["audio"])
+        if "residual" in d:
+            r = d["residual"]
+            cfg.residual = r if isinstance(r, ResidualSettings) else ResidualSettings(**(r or {}))
+        cfg.__post_init__()
         return cfg

@@ -28,6 +28,7 @@ from anon_core.audio.voice import (
     world_convert,
     world_f0,
 )
+from anon_core.deadline import Deadline
 from anon_core.media.errors import CorruptMedia
 
 log = logging.getLogger(__name__)
@@ -191,7 +192,8 @@ def load_ranges(settings: AudioSettings) -> list[tuple[float, float]]:
         raise AudioConfigError(f"cannot read audio.mute_ranges_file: {exc}") from exc
 
 
-def anonymize_audio(anonymizer, source: str | BinaryIO, out_path: str, media, rec) -> None:
+def anonymize_audio(anonymizer, source: str | BinaryIO, out_path: str, media, rec,
+                    deadline: Deadline | None = None) -> None:
     """Anonymize one audio file into out_path (same format, rate, channels, duration) and fill the audit record."""
     settings: AudioSettings = anonymizer.config.audio
     t = rec.timings_ms
@@ -199,17 +201,21 @@ def anonymize_audio(anonymizer, source: str | BinaryIO, out_path: str, media, re
     dec = audio_io.decode(source, media.format, settings.max_duration_s)
     t["decode"] = (time.perf_counter() - t0) * 1000
     rec.duration_s = dec.duration_s
+    deadline = deadline or Deadline(0)
+    deadline.check("audio decode")  # the stages below run in native code: the limit is checked between them
     key = load_key(settings)
     y, report = anonymize_waveform(dec.samples, dec.sample_rate, settings, key, asset_id=rec.input_sha256 or "",
                                    mute_ranges=load_ranges(settings))
     for k, v in report.pop("timings_ms").items():
         t[k] = v
+    deadline.check("voice anonymization")
     t0 = time.perf_counter()
     audio_io.encode(y, dec, out_path, settings.bit_rate)
     t["encode"] = (time.perf_counter() - t0) * 1000
     # fail closed: the output must decode to the same rate, channels and duration (within one codec frame)
     t0 = time.perf_counter()
     check = audio_io.decode(out_path, dec.family)
+    deadline.check("audio encode")
     t["verify"] = (time.perf_counter() - t0) * 1000
     if check.sample_rate != dec.sample_rate or check.samples.shape[0] != dec.samples.shape[0] or \
             abs(check.samples.shape[1] - dec.samples.shape[1]) > 2048:

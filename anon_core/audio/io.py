@@ -76,6 +76,8 @@ def decode(source: str | BinaryIO, fmt_hint: str = "", max_duration_s: float = 0
         stream = container.streams.audio[0]
         family = family_of(container.format.name, fmt_hint)
         ctx = stream.codec_context
+        if ctx is None:  # a codec FFmpeg cannot decode (found by fuzzing: damaged WAV format tags)
+            raise UnsupportedMedia("no decoder for the audio stream's codec")
         sr = int(ctx.sample_rate or 0)
         if sr <= 0:
             raise CorruptMedia("audio stream has no sample rate")

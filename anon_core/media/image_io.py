@@ -67,6 +67,10 @@ def decode(data: bytes, fmt: str, max_pixels: int, max_side: int) -> DecodedImag
         raise CorruptMedia(f"not a decodable {fmt} image") from exc
     except (OSError, SyntaxError, ValueError) as exc:
         raise CorruptMedia(f"corrupt or truncated {fmt}: {exc}") from exc
+    except MemoryError:
+        raise
+    except Exception as exc:  # Pillow's plugins raise TypeError/IndexError/struct.error on damaged files (fuzzing)
+        raise CorruptMedia(f"corrupt {fmt}: {type(exc).__name__}: {exc}") from exc
     removed = _metadata_kinds(im)
     exif = im.getexif()
     try:

@@ -14,12 +14,14 @@ Fail closed: any stage error stops the others, the partial output is closed and 
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 import time
 from collections.abc import Iterable, Iterator
 from typing import TypeVar
 
+from anon_core.deadline import Deadline
 from anon_core.detections import Detections
 from anon_core.media.errors import UnsupportedMedia
 from anon_core.tracking import MaskScheduler
@@ -38,10 +40,11 @@ class _Cancelled(Exception):
 class _Pipeline:
     """Shared stop flag + first error for the stage threads."""
 
-    def __init__(self) -> None:
+    def __init__(self, deadline: Deadline | None = None) -> None:
         self.stop = threading.Event()
         self.error: BaseException | None = None
         self.threads: list[threading.Thread] = []
+        self.deadline = deadline or Deadline(0)
 
     def fail(self, exc: BaseException) -> None:
         if self.error is None:
@@ -54,6 +57,7 @@ class _Pipeline:
                 q.put(item, timeout=0.05)
                 return
             except queue.Full:
+                self.deadline.check("video")  # a stalled downstream stage must not block past the limit
                 continue
         raise _Cancelled
 
@@ -66,6 +70,7 @@ class _Pipeline:
             try:
                 return q.get(timeout=0.05)
             except queue.Empty:
+                self.deadline.check("video")  # a stalled upstream stage (decoder, detector) must not hang us
                 continue
 
     def prefetch(self, it: Iterable[T], maxsize: int, name: str) -> Iterator[T]:
@@ -91,10 +96,13 @@ class _Pipeline:
                 return
             yield x
 
-    def shutdown(self) -> None:
+    def shutdown(self, grace_s: float = 30.0) -> list[str]:
+        """Stop the stages; returns the names of threads still stuck in a native call after `grace_s`."""
         self.stop.set()
+        end = time.monotonic() + grace_s
         for t in self.threads:
-            t.join()
+            t.join(max(0.0, end - time.monotonic()))
+        return [t.name for t in self.threads if t.is_alive()]
 
 
 def _add_ms(timings: dict[str, float], key: str, t0: float) -> None:
@@ -106,6 +114,9 @@ class _Analyser:
 
     def __init__(self, anonymizer, settings: VideoSettings, reader: VideoReader, timings: dict[str, float]):
         self.anonymizer = anonymizer
+        # fail closed: frames whose analysis failed (on_analysis_error=mask_frame) are masked whole
+        self.failed: set[int] = set()
+        self.residual = anonymizer.residual.session(float(reader.rate)) if anonymizer.residual else None
         self.k = settings.detect_every_k
         self.candidate_score = settings.candidate_score
         fps = float(reader.rate)
@@ -128,9 +139,13 @@ class _Analyser:
             out: list = [batch.packets] if batch.packets else []
             todo = [f for f in batch.frames if f.index % self.k == 0]
             t0 = time.perf_counter()
-            dets = self.anonymizer.detect([f.rgb for f in todo], min_score=self.candidate_score) if todo else []
+            dets, failed = self.anonymizer.detect_or_mask([f.rgb for f in todo], min_score=self.candidate_score) \
+                if todo else ([], [])
             _add_ms(self.timings, "detect", t0)
             self.frames_detected += len(todo)
+            for f, bad in zip(todo, failed):
+                if bad:  # frames interpolated from this one are unchecked too
+                    self.failed.update(range(max(0, f.index - self.k + 1), f.index + self.k))
             by_index = {f.index: d for f, d in zip(todo, dets)}
             for f in batch.frames:
                 self.pending[f.index] = f
@@ -169,16 +184,25 @@ class _Analyser:
         for idx, d in final:
             f = self.pending.pop(idx)
             rgb = f.rgb
+            if idx in self.failed:
+                from anon_core.pipeline import mask_whole_frame
+
+                rgb = mask_whole_frame(rgb)
+                self.masked["whole_frame"] = self.masked.get("whole_frame", 0) + 1
+                out.append(Frame(f.index, rgb, f.pts, f.duration))
+                continue
             if len(d):
                 rgb, _ = self.anonymizer.mask(rgb, d)
                 for label, n in d.counts().items():
                     self.masked[label] = self.masked.get(label, 0) + n
+            if self.residual is not None and self.residual.due(idx):
+                rgb = self.residual.check(rgb, idx)
             out.append(Frame(f.index, rgb, f.pts, f.duration))
         _add_ms(self.timings, "mask", t0)
         return out
 
 
-def anonymize_video(anonymizer, source, out_path: str, media, rec) -> None:
+def anonymize_video(anonymizer, source, out_path: str, media, rec, deadline: Deadline | None = None) -> None:
     """Anonymize one video from `source` (local path or binary file object) into `out_path`.
 
     Fills `rec` (size, frames, duration, detections, masked, metadata_removed, timings, extra) and
@@ -191,10 +215,13 @@ def anonymize_video(anonymizer, source, out_path: str, media, rec) -> None:
     timings = rec.timings_ms
     t_start = time.perf_counter()
     t0 = time.perf_counter()
+    deadline = deadline or Deadline(0)
     reader = VideoReader(source, settings, anonymizer.config.limits)
+    reader.deadline = deadline
     writer: VideoWriter | None = None
-    pipe = _Pipeline()
+    pipe = _Pipeline(deadline)
     ok = False
+    stuck: list[str] = []
     try:
         reader.prime()
         _add_ms(timings, "decode", t0)
@@ -218,6 +245,7 @@ def anonymize_video(anonymizer, source, out_path: str, media, rec) -> None:
         if settings.pipelining:
             results = pipe.prefetch(results, settings.queue_batches, "analyse")
         for items in results:
+            deadline.check("video")
             t = time.perf_counter()
             for item in items:
                 if isinstance(item, Frame):
@@ -230,12 +258,21 @@ def anonymize_video(anonymizer, source, out_path: str, media, rec) -> None:
         _add_ms(timings, "encode", t)
         if writer.frames_written != reader.frames_decoded:
             raise RuntimeError(f"wrote {writer.frames_written} of {reader.frames_decoded} frames")
+        # fail closed: every k-th frame must have gone through the detectors (the rest through the tracker)
+        k = settings.detect_every_k
+        if analyser.frames_detected != (reader.frames_decoded + k - 1) // k:
+            raise RuntimeError(f"{analyser.frames_detected} frames analysed, expected "
+                               f"{(reader.frames_decoded + k - 1) // k}: output not published")
         ok = True
     finally:
-        pipe.shutdown()
+        stuck = pipe.shutdown()
         if writer is not None and not ok:
             writer.abort()
-        reader.close()
+        if any(name.endswith("decode") for name in stuck):
+            # closing the container under a decoder that is still running could crash the process: leak it
+            logging.getLogger(__name__).error("video decoder thread did not stop; leaving its input open")
+        else:
+            reader.close()
     timings["video_wall"] = (time.perf_counter() - t_start) * 1000
 
     rec.width, rec.height = reader.display_size
@@ -243,6 +280,11 @@ def anonymize_video(anonymizer, source, out_path: str, media, rec) -> None:
     rec.duration_s = float((reader.end_pts - reader.first_pts) * reader.time_base)
     rec.detections = dict(analyser.detected)
     rec.masked = dict(analyser.masked)
+    if analyser.failed:
+        rec.extra["analysis_errors"] = {"frames_masked_whole": analyser.masked.get("whole_frame", 0),
+                                        "policy": anonymizer.config.on_analysis_error}
+    if analyser.residual is not None:
+        rec.extra["residual"] = analyser.residual.report()
     rec.metadata_removed = reader.plan.removed()
     wall = timings["video_wall"] / 1000
     rec.extra.update({

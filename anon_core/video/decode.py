@@ -16,6 +16,7 @@ import av
 import numpy as np
 
 from anon_core.config import Limits
+from anon_core.deadline import Deadline
 from anon_core.media.errors import CorruptMedia, TooLarge, UnsupportedMedia
 from anon_core.video.settings import VideoSettings
 from anon_core.video.streams import StreamPlan, plan_streams
@@ -79,6 +80,7 @@ class VideoReader:
             self.container.close()
             raise
         self.limits = limits
+        self.deadline = Deadline(0)  # the caller sets the asset's deadline; checked once per packet
         self.strict = settings.strict_frame_count
         self.default_duration = max(1, round(1 / (self.rate * self.time_base)))
         self.display_matrix: tuple[int, ...] | None = None
@@ -135,6 +137,7 @@ class VideoReader:
         streams = [v, *self.plan.copy]
         try:
             for packet in self.container.demux(streams):
+                self.deadline.check("video decode")
                 if packet.stream.index in passthrough:
                     if packet.size and packet.dts is not None:  # skip the demuxer's end-of-stream flush packets
                         self.packets_passed += 1

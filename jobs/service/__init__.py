@@ -1,0 +1,1 @@
+"""Pieces of the REST + WebSocket service (`jobs/serve.py`)."""

@@ -1,0 +1,108 @@
+"""Request bodies to a private temp file, chunk by chunk (raw or multipart), with a hard size limit."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+
+from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.requests import Request
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+class BadUpload(Exception):
+    pass
+
+
+def private_workdir(root: str | None) -> str:
+    """A fresh directory only this user can enter (mkdtemp already uses 0700; chmod makes it explicit)."""
+    if root:
+        os.makedirs(root, mode=0o700, exist_ok=True)
+    path = tempfile.mkdtemp(prefix="anon-svc-", dir=root)
+    os.chmod(path, 0o700)
+    return path
+
+
+def remove_workdir(path: str | None) -> None:
+    if path:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+async def receive_body(request: Request, dest: str, limit: int) -> int:
+    """Write the upload to `dest` (mode 0600); returns its size. Multipart: the first file part (or the part
+    named `file`). Raises BodyTooLarge, BadUpload, or starlette's ClientDisconnect."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge(f"body is {declared} bytes: above the limit of {limit}")
+    ctype, params = parse_options_header(request.headers.get("content-type"))
+    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        if ctype == b"multipart/form-data":
+            boundary = params.get(b"boundary")
+            if not boundary:
+                raise BadUpload("multipart body without a boundary")
+            written = await _receive_multipart(request, fh, boundary, limit)
+        else:
+            written = 0
+            async for chunk in request.stream():
+                written += len(chunk)
+                if written > limit:
+                    raise BodyTooLarge(f"body is above the limit of {limit} bytes")
+                fh.write(chunk)
+    return written
+
+
+async def _receive_multipart(request: Request, fh, boundary: bytes, limit: int) -> int:
+    state = {"field": b"", "value": b"", "headers": {}, "taking": False, "done": False, "written": 0}
+
+    def on_part_begin() -> None:
+        state["headers"] = {}
+
+    def on_header_field(data: bytes, start: int, end: int) -> None:
+        state["field"] += data[start:end]
+
+    def on_header_value(data: bytes, start: int, end: int) -> None:
+        state["value"] += data[start:end]
+
+    def on_header_end() -> None:
+        state["headers"][state["field"].lower()] = state["value"]
+        state["field"], state["value"] = b"", b""
+
+    def on_headers_finished() -> None:
+        _, disp = parse_options_header(state["headers"].get(b"content-disposition", b""))
+        is_file = b"filename" in disp or disp.get(b"name") == b"file"
+        state["taking"] = is_file and not state["done"]
+
+    def on_part_data(data: bytes, start: int, end: int) -> None:
+        if state["taking"]:
+            fh.write(data[start:end])
+            state["written"] += end - start
+
+    def on_part_end() -> None:
+        if state["taking"]:
+            state["taking"], state["done"] = False, True
+
+    parser = MultipartParser(boundary, {
+        "on_part_begin": on_part_begin, "on_header_field": on_header_field, "on_header_value": on_header_value,
+        "on_header_end": on_header_end, "on_headers_finished": on_headers_finished, "on_part_data": on_part_data,
+        "on_part_end": on_part_end,
+    })
+    received = 0
+    try:
+        async for chunk in request.stream():
+            received += len(chunk)
+            if received > limit:
+                raise BodyTooLarge(f"body is above the limit of {limit} bytes")
+            parser.write(chunk)
+        parser.finalize()
+    except BodyTooLarge:
+        raise
+    except Exception as exc:  # python-multipart raises its own parse errors
+        raise BadUpload(f"malformed multipart body: {exc}") from exc
+    if not state["done"]:
+        raise BadUpload("multipart body has no file part (send the media as a part named 'file')")
+    return state["written"]
