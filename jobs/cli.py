@@ -47,6 +47,42 @@ def _validate_arguments(p: argparse.ArgumentParser) -> None:
     add_arguments(p)
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from jobs.serve import cmd_serve as run_serve
+
+    return run_serve(args)
+
+
+def _serve_arguments(p: argparse.ArgumentParser) -> None:
+    from jobs.serve import add_arguments  # light: FastAPI/uvicorn are imported only when serving
+
+    add_arguments(p)
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    from jobs.watch import cmd_watch as run_watch
+
+    return run_watch(args)
+
+
+def _watch_arguments(p: argparse.ArgumentParser) -> None:
+    from jobs.watch import add_arguments  # light: the pipeline is imported only when watching
+
+    add_arguments(p)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from jobs.report import cmd_report as run_report
+
+    return run_report(args)
+
+
+def _report_arguments(p: argparse.ArgumentParser) -> None:
+    from jobs.report import add_arguments  # light: pyarrow/MLflow are imported only when a report is built
+
+    add_arguments(p)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="anon", description="Anonymize images, video, audio and metadata.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -59,6 +95,16 @@ def build_parser() -> argparse.ArgumentParser:
     v = sub.add_parser("validate", help="measure AP, recall, FPR and leak rate on annotated data (MLflow run)")
     v.set_defaults(func=cmd_validate)
     _validate_arguments(v)
+    sv = sub.add_parser("serve", help="REST + WebSocket service (API keys from ANON_API_KEYS)")
+    sv.set_defaults(func=cmd_serve)
+    _serve_arguments(sv)
+    w = sub.add_parser("watch", help="continuous mode: anonymize new assets under a prefix exactly once; erasure")
+    w.set_defaults(func=cmd_watch)
+    _watch_arguments(w)
+    r = sub.add_parser("report", help="DPIA / Art. 30 processing report from manifests; --lookup for data-subject "
+                                      "requests")
+    r.set_defaults(func=cmd_report)
+    _report_arguments(r)
     return p
 
 

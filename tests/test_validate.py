@@ -16,6 +16,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from anon_core.config import AnonConfig
+
 from .conftest import ASTRONAUT_FACE
 
 FAST = ["detectors.face.params.scales=[1.0]", "detectors.face.params.max_side=640"]
@@ -96,11 +98,15 @@ def test_outputs_written(validated, box_set):
     assert face["ap"] == pytest.approx(1.0)
     assert m["leak"]["face"] == {**m["leak"]["face"], "n_evaluated": 4, "n_leaked": 0, "leak_rate": 0.0}
     assert m["over_masking"] < 0.05
-    assert m["pipeline"]["operating_thresholds"] == {"face": 0.5}
+    assert m["pipeline"]["operating_thresholds"] == {"face": _default_face_threshold()}
     assert (out / "per_image.csv").read_text().count("\n") == 6
     if importlib.util.find_spec("matplotlib") is not None:
         assert (out / "pr_curve.png").stat().st_size > 1000
     assert summary["face"]["recall"] == 1.0 and summary["face"]["leak_rate"] == 0.0
+
+
+def _default_face_threshold() -> float:
+    return AnonConfig().detectors["face"].params["threshold"]
 
 
 def test_summary_is_last_stdout_line(validated):
@@ -121,7 +127,8 @@ def test_mlflow_run_has_metrics_params_and_plots(validated):
     assert run.data.metrics["face.leak_rate"] == 0.0
     assert "face.ap" in run.data.metrics and "face.calibrated_threshold" in run.data.metrics
     p = run.data.params
-    assert p["model.face"].startswith("retinaface") and p["threshold.face"] == "0.5"
+    default = AnonConfig().detectors["face"].params
+    assert p["model.face"].startswith(default["model"]) and float(p["threshold.face"]) == default["threshold"]
     assert p["config_hash"] == summary["config_hash"] and p["git_commit"]
     names = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"pr_curve.png", "metrics.json", "per_image.csv", "predictions.jsonl", "calibration.yaml"} <= names
