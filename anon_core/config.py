@@ -34,8 +34,9 @@ def _default_detectors() -> dict[str, DetectorSpec]:
     return {
         "face": DetectorSpec(
             "face",
-            {"model": "retinaface", "threshold": 0.55, "scales": [1.0, 2.0], "flip": False, "max_side": 2560,
-             "tile_size": 960, "upscale_max_face": 48.0, "score_fusion": "noisy_or"},
+            {"model": ["centerface", "retinaface"], "upscale_model": "retinaface", "threshold": 0.6,
+             "scales": [1.0, 2.0], "flip": False, "max_side": 2560, "tile_size": 960, "upscale_max_face": 48.0,
+             "score_fusion": "noisy_or"},
         ),
         # Models load on first use, so a policy without these classes never touches them (see models/*.md).
         "plate": DetectorSpec("plate", {"threshold": 0.5}),

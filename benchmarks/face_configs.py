@@ -28,8 +28,10 @@ CONFIGS: dict[str, dict] = {
     "retina_default": dict(model="retinaface", scales=[1.0, 2.0], max_side=2560),
     # The configurations compared for the default (noisy-OR fusion, 2x view only for faces < 48 px):
     "retina_ms": dict(model="retinaface", scales=[1.0, 2.0], max_side=2560, upscale_max_face=48.0),
-    "hybrid": dict(model="centerface", upscale_model="retinaface", scales=[1.0, 2.0], max_side=2560,
-                   upscale_max_face=48.0),
+    "hybrid": dict(model=["centerface", "retinaface"], upscale_model="retinaface", scales=[1.0, 2.0],
+                   max_side=2560, upscale_max_face=48.0),
+    "center1_retina2": dict(model="centerface", upscale_model="retinaface", scales=[1.0, 2.0], max_side=2560,
+                            upscale_max_face=48.0),
     "center_ms": dict(model="centerface", scales=[1.0, 2.0], max_side=2560, upscale_max_face=48.0),
     "retina_s12": dict(model="retinaface", scales=[1.0, 2.0], max_side=4096),
     "retina_s12f": dict(model="retinaface", scales=[1.0, 2.0], flip=True, max_side=4096),

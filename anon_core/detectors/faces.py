@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Sequence
 
 import numpy as np
@@ -18,7 +19,7 @@ class FaceDetector:
 
     def __init__(
         self,
-        model: str = "retinaface",
+        model: str | Sequence[str] = "retinaface",
         weights: str | None = None,
         threshold: float = 0.5,
         candidate_threshold: float | None = None,
@@ -37,12 +38,22 @@ class FaceDetector:
         precision: str = "auto",
         threads: int = 0,
     ):
-        self.net = FACE_MODELS[model](weights=weights, device=device, precision=precision, threads=threads)
+        # `model` may name several networks: each runs the native views and their evidence is fused
+        # (an ensemble of two different detectors misses fewer faces than either).
+        names = [model] if isinstance(model, str) else list(model)
+        unknown = [n for n in [*names, upscale_model or names[0]] if n not in FACE_MODELS]
+        if unknown or not names:
+            raise ValueError(f"unknown face model(s) {unknown}; known: {sorted(FACE_MODELS)}")
+        nets = {}
+        for i, n in enumerate(names):
+            nets[n] = FACE_MODELS[n](weights=weights if i == 0 else None, device=device, precision=precision,
+                                     threads=threads)
+        self.native_nets = list(nets.values())
+        self.net = self.native_nets[0]
         # The upscaled views hunt small faces only; a cheaper network can do that job (see models/*.md).
-        self.upscale_net = self.net
-        if upscale_model and upscale_model != model:
-            self.upscale_net = FACE_MODELS[upscale_model](weights=upscale_weights, device=device,
-                                                          precision=precision, threads=threads)
+        up = upscale_model or names[0]
+        self.upscale_net = nets.get(up) or FACE_MODELS[up](weights=upscale_weights, device=device,
+                                                            precision=precision, threads=threads)
         self.threshold = float(threshold)
         # Views are decoded at a lower score so that fusion sees weak evidence from each view.
         self.candidate_threshold = float(candidate_threshold if candidate_threshold is not None else threshold)
@@ -57,7 +68,7 @@ class FaceDetector:
         return self.net.info()
 
     def infos(self) -> list[ModelInfo]:
-        nets = [self.net] if self.upscale_net is self.net else [self.net, self.upscale_net]
+        nets = [*self.native_nets, *([] if self.upscale_net in self.native_nets else [self.upscale_net])]
         return [n.info() for n in nets]
 
     def params(self) -> dict:
@@ -68,6 +79,7 @@ class FaceDetector:
             "max_side": self.max_side,
             "tile_size": self.tile_size,
             "upscale_max_face": self.upscale_max_face,
+            "models": [n.name for n in self.native_nets],
             "upscale_model": self.upscale_net.name,
             "score_fusion": self.score_fusion,
         }
@@ -79,13 +91,14 @@ class FaceDetector:
         for i, f in enumerate(frames):
             views += plan_views(f.shape[:2], i, self.scales, self.max_side, self.flip, self.tile_size)
         cand = min(self.candidate_threshold, threshold)
-        if self.upscale_net is self.net:
-            per_frame = run_views(self.net, frames, views, cand, self.batch_size)
-        else:
-            per_frame = run_views(self.net, frames, [v for v in views if v.scale <= 1], cand, self.batch_size)
-            up = run_views(self.upscale_net, frames, [v for v in views if v.scale > 1], cand, self.batch_size)
-            for i, parts in up.items():
-                per_frame[i].extend(parts)
+        native = [v for v in views if v.scale <= 1]
+        upscaled = [v for v in views if v.scale > 1]
+        per_frame: dict[int, list] = defaultdict(list)
+        runs = [(net, native) for net in self.native_nets] + [(self.upscale_net, upscaled)]
+        for net, vs in runs:
+            if vs:
+                for i, parts in run_views(net, frames, vs, cand, self.batch_size).items():
+                    per_frame[i].extend(parts)
         out = []
         for i, f in enumerate(frames):
             d = fuse(per_frame.get(i, []), self.fuse_iou, f.shape[1], f.shape[0], "face", self.upscale_max_face,

@@ -117,7 +117,7 @@ def run_views(model, frames: Sequence[np.ndarray], views: list[View], threshold:
                 if (v.x0, v.y0, v.x1, v.y1) != (0, 0, frames[v.frame].shape[1], frames[v.frame].shape[0]):
                     keep = _not_cut_by_inner_edge(b, v, frames[v.frame].shape)
                     b, s, lm = b[keep], s[keep], lm[keep]
-                per_frame[v.frame].append((b, s, lm, v))
+                per_frame[v.frame].append((b, s, lm, v, model.name))
     return per_frame
 
 
@@ -145,7 +145,7 @@ def fuse(parts: list, iou: float, width: int, height: int, label: str, upscale_m
       close, so a view with scale > 1 only contributes faces smaller than `upscale_max_face` px
       (in image pixels; 0 = no limit), like a scale-specific valid range.
     - Boxes in a cluster are averaged, weighted by score (steadier than any single view).
-    - Scores: "noisy_or" treats each (scale, flip) view as independent evidence, 1 - prod(1 - best
+    - Scores: "noisy_or" treats each (network, scale, flip) view as independent evidence, 1 - prod(1 - best
       score per view), so a face seen by several views outranks a blip seen by one; "max" keeps the
       best single score.
 
@@ -154,12 +154,13 @@ def fuse(parts: list, iou: float, width: int, height: int, label: str, upscale_m
     """
     sel = []
     for p in parts:
-        b, s, lm, v = p
+        b, s, lm, v = p[:4]
+        net = p[4] if len(p) > 4 else ""
         if upscale_max_face and v.scale > 1:
             k = (b[:, 2:] - b[:, :2]).min(axis=1) < upscale_max_face
             b, s, lm = b[k], s[k], lm[k]
         if len(s):
-            sel.append((b, s, lm, np.full(len(s), hash((v.scale, v.flip)))))
+            sel.append((b, s, lm, np.full(len(s), hash((net, v.scale, v.flip)))))
     if not sel:
         return Detections.empty()
     b = np.concatenate([p[0] for p in sel]).astype(np.float64)
