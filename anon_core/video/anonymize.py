@@ -202,6 +202,19 @@ class _Analyser:
         return out
 
 
+def _video_audio(audio, reader: VideoReader, family: str, rec, deadline: Deadline):
+    """The kept audio streams' voice anonymizer when `audio.anonymize_video_audio` is on, else None (bit-exact)."""
+    streams = [s for s in reader.plan.copy if s.type == "audio"]
+    if not audio.anonymize_video_audio or not streams:
+        return None
+    from anon_core.audio.anonymize import load_ranges
+    from anon_core.audio.targets import load_key
+    from anon_core.video.audio_track import VideoAudio
+
+    return VideoAudio(streams, family, audio, load_key(audio), asset_id=getattr(rec, "input_sha256", "") or "",
+                      mute_ranges=load_ranges(audio), deadline=deadline)
+
+
 def anonymize_video(anonymizer, source, out_path: str, media, rec, deadline: Deadline | None = None) -> None:
     """Anonymize one video from `source` (local path or binary file object) into `out_path`.
 
@@ -221,11 +234,13 @@ def anonymize_video(anonymizer, source, out_path: str, media, rec, deadline: Dea
     writer: VideoWriter | None = None
     pipe = _Pipeline(deadline)
     ok = False
+    voice = None
     stuck: list[str] = []
     try:
         reader.prime()
         _add_ms(timings, "decode", t0)
-        writer = VideoWriter(out_path, family, reader, settings)
+        voice = _video_audio(anonymizer.config.audio, reader, family, rec, deadline)
+        writer = VideoWriter(out_path, family, reader, settings, audio=voice)
         analyser = _Analyser(anonymizer, settings, reader, timings)
 
         def decoded() -> Iterator[Batch]:
@@ -286,10 +301,20 @@ def anonymize_video(anonymizer, source, out_path: str, media, rec, deadline: Dea
     if analyser.residual is not None:
         rec.extra["residual"] = analyser.residual.report()
     rec.metadata_removed = reader.plan.removed()
+    plan = reader.plan.to_dict()
+    if voice is not None:
+        for info in plan["streams_copied"]:
+            if voice.handles(info["index"]):
+                info["voice_anonymized"] = True  # re-encoded, not copied bit-exact
+        report = voice.report()
+        for k, v in report.pop("timings_ms", {}).items():
+            timings[f"audio_{k}"] = v
+        timings.update(voice.timings)
+        rec.extra["audio"] = report
     wall = timings["video_wall"] / 1000
     rec.extra.update({
         "tracks": analyser.scheduler.stats(),
-        **reader.plan.to_dict(),
+        **plan,
         "encoder": writer.describe(),
         "video": {
             "codec_in": reader.codec,

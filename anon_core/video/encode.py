@@ -4,7 +4,9 @@ Timing: every output frame gets the input frame's pts in the input stream's time
 start offsets survive), and each packet its input frame's duration (so the last frame, and the
 file's duration, are right). Rotation: the input's display matrix is written back verbatim
 (PyAV >= 15 `set_display_matrix`), frames go back to their stored orientation, so players show
-the output exactly as they showed the input.
+the output exactly as they showed the input. Audio: with `audio.anonymize_video_audio` the kept
+audio streams are decoded as they pass, voice-anonymized and re-encoded after the last video frame
+(see audio_track.py); otherwise they are remuxed bit-exact.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from fractions import Fraction
 import av
 import numpy as np
 
+from anon_core.video.audio_track import VideoAudio
 from anon_core.video.decode import VideoReader
 from anon_core.video.settings import EncoderSettings, VideoSettings
 from anon_core.video.streams import filter_tags
@@ -22,7 +25,8 @@ MUXERS = {"mp4": "mp4", "mov": "mov", "mkv": "matroska", "webm": "webm"}
 
 
 class VideoWriter:
-    def __init__(self, out_path: str, family: str, reader: VideoReader, settings: VideoSettings) -> None:
+    def __init__(self, out_path: str, family: str, reader: VideoReader, settings: VideoSettings,
+                 audio: VideoAudio | None = None) -> None:
         if family not in MUXERS:
             raise ValueError(f"no output container for {family!r}")
         self.family = family
@@ -34,6 +38,7 @@ class VideoWriter:
         self.pad = (w % 2, h % 2) if self.enc.pix_fmt.startswith(("yuv420", "yuv422", "nv12")) else (0, 0)
         self.size = (w + self.pad[0], h + self.pad[1])
         self.time_base: Fraction = reader.time_base
+        self.audio = audio  # audio streams whose voices are anonymized (re-encoded) instead of copied
         options = {}
         if family in ("mp4", "mov") and settings.faststart:
             options["movflags"] = "+faststart"
@@ -42,6 +47,9 @@ class VideoWriter:
             self._add_video(reader, settings)
             self.copied: dict[int, av.stream.Stream] = {}
             for s in reader.plan.copy:
+                if audio is not None and audio.handles(s.index):
+                    audio.add_output(s.index, self.container)
+                    continue
                 out = self.container.add_stream_from_template(s)
                 _set_metadata(out, filter_tags(dict(s.metadata), settings.allowed_stream_tags)[0])
                 self.copied[s.index] = out
@@ -108,6 +116,9 @@ class VideoWriter:
 
     def write_packets(self, packets: list[av.Packet]) -> None:
         for p in packets:
+            if self.audio is not None and p.stream is not None and self.audio.handles(p.stream.index):
+                self.audio.feed(p)  # decoded now, anonymized and encoded in finish()
+                continue
             out = self.copied.get(p.stream.index) if p.stream is not None else None
             if out is None:
                 continue
@@ -125,6 +136,8 @@ class VideoWriter:
 
     def finish(self) -> None:
         self._mux(self.stream.encode(None))
+        if self.audio is not None:
+            self.audio.finish(self.container)  # after the video: its frames and timestamps are already final
         self.container.close()
 
     def abort(self) -> None:
