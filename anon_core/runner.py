@@ -118,6 +118,8 @@ def process_asset(anonymizer: Anonymizer, in_fs, path: str, rel: str, out_fs, ou
                     rec.output_uri = _display(output_uri, target)
     except OSError as exc:  # storage errors fail the asset, not the run
         rec.fail(f"storage error: {exc}", "storage")
+    except Exception as exc:  # object-store clients raise their own types (e.g. connection errors): same rule
+        rec.fail(f"storage error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}", "storage")
     rec.finished_at = now()
     return rec
 

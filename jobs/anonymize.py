@@ -10,7 +10,8 @@ Guarantees:
 - outputs are published atomically (local: temp + rename; object stores: one PUT / completed multipart upload);
 - a batch's manifest rows are written only after its outputs are durable, into a part file whose name is a
   function of the batch's assets, so a batch retried after a worker died overwrites its part instead of adding
-  rows (nothing lost, nothing duplicated);
+  rows (nothing lost, nothing duplicated); a part (or the run summary) that fails to write is retried with backoff
+  for up to STORAGE_RETRY_S (an object-store restart), never dropped (tests/test_fault_injection.py);
 - resume: an asset is skipped when its output exists with the size recorded and its latest ok row has the same
   input sha256 and config hash; a `skipped` row records that in this run's partition.
 """
@@ -200,7 +201,7 @@ class AnonymizeActor:
         for rel, fut in futures.items():
             try:
                 out[rel] = fut.result()
-            except OSError:
+            except Exception:  # OSError, or a connection error s3fs passes through (store restarting)
                 pass  # fetched again (with retries) by process_asset itself
         return out
 
@@ -262,7 +263,27 @@ class AnonymizeActor:
         from anon_core.runner import _config_json
 
         records[0].config_json = _config_json(self.config)
-        write_manifest(records, self.man_fs, join(self.man_root, f"run_id={self.run_id}/part-{key}.parquet"))
+        path = join(self.man_root, f"run_id={self.run_id}/part-{key}.parquet")
+        # The batch's outputs are durable: a failed part write is retried here (same name: idempotent), not
+        # raised, which would fail the whole Ray Data job.
+        with_retries(lambda: write_manifest(records, self.man_fs, path), f"manifest part {path}")
+
+
+STORAGE_RETRY_S = 120.0  # how long a manifest/summary write keeps trying through a storage outage
+
+
+def with_retries(fn, what: str, budget_s: float = STORAGE_RETRY_S) -> Any:
+    """fn() with exponential backoff (0.5 s .. 8 s) on any exception, until budget_s has passed."""
+    t0, attempt = time.monotonic(), 0
+    while True:
+        attempt += 1
+        try:
+            return fn()
+        except Exception as exc:
+            if time.monotonic() - t0 > budget_s:
+                raise
+            log.warning("writing %s failed (attempt %d), retrying: %s", what, attempt, exc)
+            time.sleep(min(0.5 * 2 ** (attempt - 1), 8.0))
 
 
 def size_of(prev: dict) -> int | None:
@@ -393,9 +414,11 @@ def _write_side_files(settings: JobSettings, run_id: str, summary: dict, stats_t
 
     fs, root = filesystem(settings.manifest_root, **settings.storage_options)
     base = join(root, f"run_id={run_id}")
-    write_atomic(fs, join(base, "_summary.json"), json.dumps(summary, indent=2).encode())
+    data = json.dumps(summary, indent=2).encode()
+    with_retries(lambda: write_atomic(fs, join(base, "_summary.json"), data), "_summary.json")
     if stats_text:
-        write_atomic(fs, join(base, "_ray_data_stats.txt"), stats_text.encode())
+        with_retries(lambda: write_atomic(fs, join(base, "_ray_data_stats.txt"), stats_text.encode()),
+                     "_ray_data_stats.txt")
 
 
 def _hydra_entry():

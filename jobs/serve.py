@@ -108,9 +108,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"anon serve: {exc}")
         return 2
+    # WebSocket keepalive pings still go out, but a late pong does not close the stream: with the
+    # `queue` backpressure policy the server deliberately stops reading, so pongs wait behind frames.
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, server_header=False,
                 ws_max_size=s.ws_max_frame_bytes + 8, proxy_headers=args.proxy_headers,
-                forwarded_allow_ips=args.forwarded_allow_ips, timeout_keep_alive=5)
+                forwarded_allow_ips=args.forwarded_allow_ips, timeout_keep_alive=5, ws_ping_timeout=None)
     return 0
 
 

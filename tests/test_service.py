@@ -60,7 +60,8 @@ def server(tmp_path_factory):
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))  # a free port, held from here on (no race with other tests)
     port = sock.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(app, log_level="warning", ws_max_size=16 << 20))
+    srv = uvicorn.Server(uvicorn.Config(app, log_level="warning", ws_max_size=16 << 20,
+                                                ws_ping_timeout=None))
     th = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
     th.start()
     deadline = time.monotonic() + 180  # includes loading the face detector

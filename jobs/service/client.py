@@ -32,7 +32,7 @@ async def stream_frames(ws_url: str, key: str, jpegs: Sequence[bytes], params: d
     sent_at: dict[int, float] = {}
     t0 = time.perf_counter()
     async with connect(url, additional_headers={"Authorization": f"Bearer {key}"}, max_size=64 << 20,
-                       open_timeout=30) as ws:
+                       open_timeout=30, ping_timeout=None) as ws:
 
         async def sender() -> None:
             for i, jpeg in enumerate(jpegs):
