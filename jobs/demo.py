@@ -68,15 +68,45 @@ def build(root: Path) -> list[Path]:
     Image.fromarray(data.chelsea()).save(buf, format="JPEG")
     p.write_bytes(buf.getvalue()[: len(buf.getvalue()) // 3])
     paths.append(p)
-    try:
-        from anon_core.video.demo import write_demo_clip
-
-        p = root / "people/astronaut_walk.mp4"
-        write_demo_clip(p)
-        paths.append(p)
-    except ImportError:
-        pass
+    p = root / "people/astronaut_walk.mp4"
+    write_demo_clip(p)
+    paths.append(p)
     return paths
+
+
+def write_demo_clip(path: Path, seconds: float = 3.0, fps: int = 25) -> None:
+    """The astronaut's head crossing a table scene (640x360 H.264) with a 440 Hz AAC tone: shows tracking,
+    timestamps and bit-exact audio in the output."""
+    from fractions import Fraction
+
+    import av
+    import cv2
+    from skimage import data
+
+    bg = np.asarray(Image.fromarray(data.coffee()).resize((640, 360))).copy()
+    head = cv2.resize(data.astronaut()[10:260, 120:330], (105, 125), interpolation=cv2.INTER_AREA)
+    n = int(seconds * fps)
+    with av.open(str(path), "w") as oc:
+        v = oc.add_stream("libx264", rate=fps, options={"crf": "20", "preset": "veryfast"})
+        v.width, v.height, v.pix_fmt = 640, 360, "yuv420p"
+        v.codec_context.time_base = Fraction(1, fps)
+        a = oc.add_stream("aac", rate=44100)
+        a.layout = "mono"
+        for i in range(n):
+            frame = bg.copy()
+            x = int(20 + (640 - 145) * i / max(n - 1, 1))
+            frame[200:325, x : x + 105] = head
+            vf = av.VideoFrame.from_ndarray(frame, format="rgb24")
+            vf.pts = i
+            oc.mux(v.encode(vf))
+        oc.mux(v.encode(None))
+        t = np.arange(int(44100 * seconds)) / 44100
+        tone = (0.2 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+        for k in range(0, len(tone), 1024):
+            af = av.AudioFrame.from_ndarray(tone[None, k : k + 1024], format="fltp", layout="mono")
+            af.sample_rate, af.pts = 44100, k
+            oc.mux(a.encode(af))
+        oc.mux(a.encode(None))
 
 
 def main() -> None:
