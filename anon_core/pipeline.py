@@ -179,25 +179,18 @@ class Anonymizer:
             with timed(rec.timings_ms, "hash"):
                 rec.input_sha256, rec.input_size = _hash_stream(fs, path)
             if media.kind == "video":
-                from anon_core.video import anonymize_video
-
-                source = path if _is_local(fs) else fs.open(path, "rb")
-                try:
-                    anonymize_video(self, source, out_path, media, rec, deadline=deadline)
-                finally:
-                    if not isinstance(source, str):
-                        source.close()
+                from anon_core.video import anonymize_video as handler
             elif media.kind == "audio":
-                from anon_core.audio import anonymize_audio
-
-                source = path if _is_local(fs) else fs.open(path, "rb")
-                try:
-                    anonymize_audio(self, source, out_path, media, rec, deadline=deadline)
-                finally:
-                    if not isinstance(source, str):
-                        source.close()
+                from anon_core.audio import anonymize_audio as handler
             else:
                 raise UnsupportedMedia(f"unsupported media ({media.kind}/{media.format})")
+            # Local files go to PyAV by path (seekable, fastest); object stores are streamed, never read whole.
+            source = path if _is_local(fs) else fs.open(path, "rb")
+            try:
+                handler(self, source, out_path, media, rec, deadline=deadline)
+            finally:
+                if not isinstance(source, str):
+                    source.close()
         except AssetError as exc:
             rec.fail(str(exc), exc.code)
         except MemoryError:

@@ -42,43 +42,38 @@ def join(root: str, rel: str) -> str:
     return root.rstrip("/") + "/" + rel
 
 
-def write_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
-    """Local: write a hidden temp file in the same directory, fsync, rename. Object stores: a single
-    PUT, which becomes visible only when complete."""
-    parent = posixpath.dirname(path) if not is_local(fs) else os.path.dirname(path)
-    if parent:
-        fs.makedirs(parent, exist_ok=True)
-    if is_local(fs):
-        tmp = os.path.join(parent, f".{os.path.basename(path)}.{uuid.uuid4().hex}.partial")
-        try:
-            with open(tmp, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-    else:
-        fs.pipe_file(path, data)
-
-
-def put_atomic(fs: fsspec.AbstractFileSystem, local_path: str, path: str) -> None:
-    """Publish a finished local file: same-directory temp + rename locally, one upload on object stores."""
+def _publish(fs: fsspec.AbstractFileSystem, path: str, fill_local, upload) -> None:
+    """Local: fill a hidden temp file in the same directory, fsync, rename (atomic on POSIX). Object
+    stores: one PUT, which becomes visible only when complete. Either way no partial file is ever seen."""
     parent = os.path.dirname(path) if is_local(fs) else posixpath.dirname(path)
     if parent:
         fs.makedirs(parent, exist_ok=True)
-    if is_local(fs):
-        import shutil
+    if not is_local(fs):
+        upload()
+        return
+    tmp = os.path.join(parent, f".{os.path.basename(path)}.{uuid.uuid4().hex}.partial")
+    try:
+        fill_local(tmp)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
-        tmp = os.path.join(parent, f".{os.path.basename(path)}.{uuid.uuid4().hex}.partial")
-        try:
-            shutil.copyfile(local_path, tmp)
-            with open(tmp, "rb") as fh:
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-    else:
-        fs.put_file(local_path, path)
+
+def write_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
+    """Publish bytes at `path` (see `_publish`)."""
+
+    def fill(tmp: str) -> None:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+
+    _publish(fs, path, fill, lambda: fs.pipe_file(path, data))
+
+
+def put_atomic(fs: fsspec.AbstractFileSystem, local_path: str, path: str) -> None:
+    """Publish a finished local file at `path` (see `_publish`)."""
+    import shutil
+
+    _publish(fs, path, lambda tmp: shutil.copyfile(local_path, tmp), lambda: fs.put_file(local_path, path))
