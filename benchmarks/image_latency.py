@@ -13,6 +13,7 @@ import io
 import json
 import platform
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -70,7 +71,8 @@ def bench_deface(images: list[bytes], repeat: int) -> dict:
             p = Path(d) / f"img{i}.jpg"
             p.write_bytes(data)
             paths.append(str(p))
-        cmd = ["deface", "--thresh", "0.2", "--backend", "onnxrt", "-o", str(Path(d) / "out")]
+        exe = Path(sys.executable).with_name("deface")  # the venv's console script, PATH or not
+        cmd = [str(exe), "--thresh", "0.2", "--backend", "onnxrt", "-o", str(Path(d) / "out")]
         (Path(d) / "out").mkdir()
         t0 = time.perf_counter()
         subprocess.run([*cmd, paths[0]], check=True, capture_output=True)
