@@ -110,11 +110,30 @@ def test_nanodet_runs_once_per_frame_for_persons_and_plates(astronaut, monkeypat
     person.detect([astronaut])  # load models
     calls = []
     orig = NanoDet._run
-    monkeypatch.setattr(NanoDet, "_run", lambda self, frames: calls.append(len(frames)) or orig(self, frames))
+    monkeypatch.setattr(NanoDet, "_run", lambda self, frames, todo, *a: calls.append(sorted(k for _, k in todo))
+                        or orig(self, frames, todo, *a))
     frame = astronaut.copy()
     person.detect([frame])
-    plate.detect([frame])
-    assert calls == [1]
+    plate.detect([frame])  # the plate search needs only the base views, which the person detector already ran
+    assert calls == [[("base", False), ("base", True), ("up", False), ("up", True)]]
+    plate.detect([frame.copy()])  # a new frame: base views only (no flipped or upscaled passes for plates)
+    assert calls[1:] == [[("base", False)]]
+
+
+def test_flip_and_upscaled_views_map_back(astronaut):
+    """A mirrored frame's persons come back mirrored; extra views find the base view's person too."""
+    nd = NanoDet(threshold=0.3, device="cpu")
+    base = nd.detect([astronaut.copy()])[0]
+    extra = nd.detect([astronaut.copy()], flip=True, upscale=2.0)[0]
+    mirrored = nd.detect([np.ascontiguousarray(astronaut[:, ::-1])], flip=True, upscale=2.0)[0]
+    p, e, m = (d[d.labels == "person"] for d in (base, extra, mirrored))
+    assert len(p) and len(e) and len(m)
+    top = p.xyxy[p.scores.argmax()]
+    assert iou_matrix(top[None], e.xyxy).max() > 0.7
+    w = astronaut.shape[1]
+    m_top = m.xyxy[m.scores.argmax()]
+    unmirrored = np.array([w - m_top[2], m_top[1], w - m_top[0], m_top[3]], np.float32)
+    assert iou_matrix(unmirrored[None], e.xyxy).max() > 0.7
 
 
 @needs_models

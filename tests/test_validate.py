@@ -128,7 +128,8 @@ def test_mlflow_run_has_metrics_params_and_plots(validated):
     assert "face.ap" in run.data.metrics and "face.calibrated_threshold" in run.data.metrics
     p = run.data.params
     default = AnonConfig().detectors["face"].params
-    assert p["model.face"].startswith(default["model"]) and float(p["threshold.face"]) == default["threshold"]
+    first = default["model"] if isinstance(default["model"], str) else default["model"][0]
+    assert p["model.face"].startswith(first) and float(p["threshold.face"]) == default["threshold"]
     assert p["config_hash"] == summary["config_hash"] and p["git_commit"]
     names = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"pr_curve.png", "metrics.json", "per_image.csv", "predictions.jsonl", "calibration.yaml"} <= names
