@@ -35,6 +35,7 @@ def _default_detectors() -> dict[str, DetectorSpec]:
         "face": DetectorSpec(
             "face",
             {"model": ["centerface", "retinaface"], "upscale_model": "retinaface", "threshold": 0.62,
+             "candidate_threshold": 0.1,
              "scales": [1.0, 2.0], "flip": False, "max_side": 2560, "tile_size": 960, "upscale_max_face": 48.0,
              "score_fusion": "noisy_or"},
         ),

@@ -9,6 +9,7 @@ import pytest
 from PIL import Image, ImageCms
 
 from anon_core.audit import SCHEMA, AuditRecord
+from anon_core.config import AnonConfig
 from anon_core.runner import run
 
 from .conftest import ASTRONAUT_FACE
@@ -89,7 +90,8 @@ def test_orientation_applied(anonymizer, astronaut):
 def test_end_to_end_face_changed_background_not(tmp_path, astronaut):
     (tmp_path / "in/sub").mkdir(parents=True)
     Image.fromarray(astronaut).save(tmp_path / "in/sub/astronaut.png")
-    summary = run(str(tmp_path / "in"), str(tmp_path / "out"), progress=False)
+    # Faces only: under the default policy the name patches on the suit are (rightly) masked as text/plates.
+    summary = run(str(tmp_path / "in"), str(tmp_path / "out"), AnonConfig(policy="faces"), progress=False)
     assert summary.ok == 1 and summary.failed == 0
     out = np.asarray(Image.open(tmp_path / "out/sub/astronaut.png").convert("RGB")).astype(int)
     x1, y1, x2, y2 = ASTRONAUT_FACE

@@ -167,7 +167,7 @@ def test_write_config_round_trips(validated, tmp_path, monkeypatch):
     monkeypatch.setenv("ANON_CONF_DIR", str(conf))
     cfg = load_config(["+calibration=faces"])
     assert cfg.detectors["face"].params["threshold"] == want
-    assert cfg.detectors["face"].params["model"] == "retinaface"  # the rest of the detector config is kept
+    assert cfg.detectors["face"].params["model"] == AnonConfig().detectors["face"].params["model"]  # rest kept
 
 
 def test_video_sequence(tmp_path, astronaut):

@@ -56,7 +56,9 @@ class FaceDetector:
                                                             precision=precision, threads=threads)
         self.threshold = float(threshold)
         # Views are decoded at a lower score so that fusion sees weak evidence from each view.
-        self.candidate_threshold = float(candidate_threshold if candidate_threshold is not None else threshold)
+        # Fusion needs the weak per-view evidence: a face at 0.4 in two views is 0.64 after noisy-OR.
+        self.candidate_threshold = float(candidate_threshold if candidate_threshold is not None
+                                         else min(0.1, self.threshold))
         self.scales = tuple(float(s) for s in scales)
         self.max_side, self.tile_size, self.flip = int(max_side), int(tile_size), bool(flip)
         self.min_size, self.fuse_iou, self.batch_size = float(min_size), float(fuse_iou), int(batch_size)
