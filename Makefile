@@ -43,9 +43,13 @@ run: setup
 test: setup
 	$(PY) -m pytest -q
 
+# Needs ../shared/data (the annotated evaluation sets); results go to benchmarks/results/.
 bench: setup
-	$(PY) benchmarks/image_latency.py
-	$(PY) benchmarks/face_configs.py --configs retina_default
+	$(PY) benchmarks/image_latency.py --set policy=faces
+	$(PY) benchmarks/face_configs.py --configs hybrid,retina_ms --thresholds 0.5,0.55,0.62,0.7
+	$(PY) benchmarks/video_leak.py --pan-videos 6 --frames 40 --fv-max-frames 50 --config '{"policy": "faces"}'
+	$(PY) benchmarks/plates_persons.py --which plates
+	$(PY) benchmarks/plates_persons.py --which persons
 
 lint: setup
 	$(VENV)/bin/ruff check .
