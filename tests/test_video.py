@@ -13,8 +13,8 @@ from anon_core.config import AnonConfig
 from anon_core.media.errors import CorruptMedia
 from anon_core.media.probe import MediaType
 from anon_core.pipeline import Anonymizer
-from anon_core.video import VideoSettings, anonymize_video
-from tests.video_helpers import duration_s, make_clip, packet_bytes, read_video, stream_kinds
+from anon_core.video import VideoSettings
+from tests.video_helpers import duration_s, make_clip, packet_bytes, read_video, run_video, stream_kinds
 
 N = 48  # frames per clip: enough for the look-ahead window (12 frames at 24 fps) to matter
 FAST_FACE = {"face": {"name": "face", "params": {"model": "retinaface", "scales": [1.0], "threshold": 0.5}}}
@@ -29,11 +29,7 @@ def anonymizer() -> Anonymizer:
     return _anonymizer()
 
 
-def _run(an: Anonymizer, src: str, fmt: str, tmp_path) -> tuple[str, AuditRecord]:
-    out = str(tmp_path / f"out.{fmt}")
-    rec = AuditRecord()
-    anonymize_video(an, src, out, MediaType("video", fmt), rec)
-    return out, rec
+_run = run_video
 
 
 def _region_change(a: np.ndarray, b: np.ndarray, box: np.ndarray) -> float:

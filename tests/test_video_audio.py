@@ -14,12 +14,9 @@ import numpy as np
 import pytest
 
 from anon_core.audio.voice import world_available
-from anon_core.audit import AuditRecord
 from anon_core.config import AnonConfig
-from anon_core.media.probe import MediaType
 from anon_core.pipeline import Anonymizer
-from anon_core.video import anonymize_video
-from tests.video_helpers import AUDIO_CODEC, MUXER, VIDEO_CODEC, background, face_patch, read_video
+from tests.video_helpers import AUDIO_CODEC, MUXER, VIDEO_CODEC, background, face_patch, read_video, run_video
 
 FAST_FACE = {"face": {"name": "face", "params": {"model": "retinaface", "scales": [1.0], "threshold": 0.5}}}
 SR = 48000
@@ -138,11 +135,7 @@ def anonymizer() -> Anonymizer:
     return _anonymizer()
 
 
-def _run(an: Anonymizer, src: str, fmt: str, tmp_path) -> tuple[str, AuditRecord]:
-    out = str(tmp_path / f"out.{fmt}")
-    rec = AuditRecord()
-    anonymize_video(an, src, out, MediaType("video", fmt), rec)
-    return out, rec
+_run = run_video
 
 
 @pytest.mark.parametrize("fmt,channels,offset,codec", [("mp4", 2, 0.25, ""), ("webm", 1, 0.0, ""),

@@ -174,3 +174,15 @@ def duration_s(path: str) -> float:
                 last = end if last is None else max(last, end)
         start = v.start_time * v.time_base if v.start_time is not None else 0
         return float(last - start)
+
+
+def run_video(an, src: str, fmt: str, tmp_path):
+    """Anonymize one clip into tmp_path/out.<fmt>; returns (output path, audit record)."""
+    from anon_core.audit import AuditRecord
+    from anon_core.media.probe import MediaType
+    from anon_core.video import anonymize_video
+
+    out = str(tmp_path / f"out.{fmt}")
+    rec = AuditRecord()
+    anonymize_video(an, src, out, MediaType("video", fmt), rec)
+    return out, rec
