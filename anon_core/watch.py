@@ -619,8 +619,11 @@ class Watcher:
         for k in missing:
             self.absent[k] = self.absent.get(k, 0) + 1
         due = sorted(k for k in missing if self.absent[k] >= 2 and k not in self.in_flight)
-        if due and len(due) > self.s.erase_guard * len(published) and len(published) > 10 and self.s.erase_guard < 1:
-            self.last_error = (f"{len(due)} of {len(published)} sources vanished at once: not erasing (erase_guard "
+        # The guard looks at everything missing now, not only what is due: a mass deletion observed
+        # half-way through by one poll must not erase its first part on the next poll.
+        if due and len(missing) > self.s.erase_guard * len(published) and len(published) > 10 \
+                and self.s.erase_guard < 1:
+            self.last_error = (f"{len(missing)} of {len(published)} sources vanished at once: not erasing (erase_guard "
                                f"{self.s.erase_guard}); check the input, or raise erase_guard")
             log.error("%s", self.last_error)
             return []
