@@ -30,6 +30,9 @@ CONFIGS: dict[str, dict] = {
     "retina_ms": dict(model="retinaface", scales=[1.0, 2.0], max_side=2560, upscale_max_face=48.0),
     "hybrid": dict(model=["centerface", "retinaface"], upscale_model="retinaface", scales=[1.0, 2.0],
                    max_side=2560, upscale_max_face=48.0),
+    # the default detector group since 2026-11-26 (evening): the 2x view capped at 1920 px (1.5x at 720p)
+    "hybrid_1920": dict(model=["centerface", "retinaface"], upscale_model="retinaface", scales=[1.0, 2.0],
+                        max_side=1920, upscale_max_face=48.0),
     "center1_retina2": dict(model="centerface", upscale_model="retinaface", scales=[1.0, 2.0], max_side=2560,
                             upscale_max_face=48.0),
     "center_ms": dict(model="centerface", scales=[1.0, 2.0], max_side=2560, upscale_max_face=48.0),

