@@ -36,7 +36,7 @@ def _default_detectors() -> dict[str, DetectorSpec]:
             "face",
             {"model": ["centerface", "retinaface"], "upscale_model": "retinaface", "threshold": 0.62,
              "candidate_threshold": 0.1,
-             "scales": [1.0, 2.0], "flip": False, "max_side": 2560, "tile_size": 960, "upscale_max_face": 48.0,
+             "scales": [1.0, 2.0], "flip": False, "max_side": 1920, "tile_size": 960, "upscale_max_face": 48.0,
              "score_fusion": "noisy_or"},
         ),
         # Models load on first use, so a policy without these classes never touches them (see models/*.md).

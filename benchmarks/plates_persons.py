@@ -33,11 +33,11 @@ SETS = {
 }
 
 
-def run(which: str, data: str, limit: int, threads: int, thresholds: list[float]) -> dict:
+def run(which: str, data: str, limit: int, threads: int, thresholds: list[float], overrides: dict | None = None) -> dict:
     cls = SETS[which]["cls"]
     cfg = AnonConfig()
     spec = next(s for s in cfg.detectors.values() if s.name == {"plate": "plate", "person": "nanodet_person"}[cls])
-    params = dict(spec.params, threads=threads, device="cpu")
+    params = dict(spec.params, threads=threads, device="cpu", **(overrides or {}))
     op_threshold = float(params.get("threshold", 0.5))
     params["threshold"] = 0.05  # keep low-score detections so AP sees the whole precision/recall curve
     det = create_detector(spec.name, **params)
@@ -88,12 +88,15 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--thresholds", default="0.3,0.4,0.45,0.5,0.6")
+    ap.add_argument("--param", action="append", default=[], help="detector parameter override, key=JSON value")
     ap.add_argument("--out", default="benchmarks/results/plates_persons.json")
     args = ap.parse_args()
+    overrides = {k: json.loads(v) for k, v in (p.split("=", 1) for p in args.param)}
     report = {}
     for which in args.which.split(","):
         report[which] = run(which, getattr(args, which), args.limit, args.threads,
-                            [float(t) for t in args.thresholds.split(",")])
+                            [float(t) for t in args.thresholds.split(",")], overrides)
+        report[which]["overrides"] = overrides
         print(which, json.dumps(report[which]), flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=1))
