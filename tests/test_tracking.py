@@ -258,3 +258,34 @@ def test_from_seconds_and_validation():
     assert (s.lookahead, s.lead, s.trail, s.max_gap) == (25, 10, 5, 25)
     with pytest.raises(ValueError):
         MaskScheduler(lookahead_frames=3, lead_frames=5)
+
+
+# ---------------------------------------------------------------- weak tracks (temporal evidence)
+
+
+def test_steady_weak_detections_start_a_track_only_when_enabled():
+    frames = {i: dets([box(100 + 2 * i, 100)], np.array([0.3])) for i in range(8)}
+    off = run(MaskScheduler(lookahead_frames=5, lead_frames=5, mask_thresh=0.5), frames, 12)
+    assert all(len(d) == 0 for d in off.values())  # ByteTrack's rule: low scores never start a track
+    on = run(MaskScheduler(lookahead_frames=5, lead_frames=5, mask_thresh=0.5, weak_min_hits=3), frames, 12)
+    # confirmed on its 3rd hit; the lead window masks the two frames before confirmation too
+    assert all(len(on[i]) == 1 for i in range(8))
+    assert on[0].xyxy[0, 0] <= 100 - 20 + 1  # the box (not a drifted guess) covers the first frame
+
+
+def test_flickering_weak_detections_are_not_confirmed():
+    frames = {i: dets([box(100, 100)], np.array([0.3])) for i in range(0, 12, 2)}  # every other frame
+    out = run(MaskScheduler(lookahead_frames=5, lead_frames=5, mask_thresh=0.5, weak_min_hits=3), frames, 12)
+    assert all(len(d) == 0 for d in out.values())
+
+
+def test_frames_the_detector_skipped_are_not_misses():
+    # detect_every_k=2: only even frames are pushed; a weak track must still accumulate its hits
+    sched = MaskScheduler(lookahead_frames=6, lead_frames=6, max_gap_frames=3, mask_thresh=0.5, weak_min_hits=3)
+    out: list[tuple[int, Detections]] = []
+    for i in range(0, 12, 2):
+        out += sched.push(i, dets([box(100 + i, 100)], np.array([0.3])))
+    out += sched.flush()
+    got = dict(out)
+    assert sorted(got) == list(range(11))
+    assert all(len(got[i]) >= 1 for i in range(11))

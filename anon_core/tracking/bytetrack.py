@@ -27,6 +27,7 @@ class _Track:
     state_frame: int  # frame the Kalman state refers to
     hits: int = 1
     track_id: int = -1  # public id, given on confirmation so ids stay dense
+    weak: bool = False  # started from a low-score detection and never matched a confident one
 
 
 def associate(
@@ -62,6 +63,10 @@ class Tracker:
     min_hits: matches needed before a track is confirmed and gets a public id; earlier
         detections keep track id -1 (they are still returned).
     per_class: never associate a detection with a track of another label.
+    weak_min_hits: 0 (off, ByteTrack's rule): low-score detections never start a track. N > 0: an unmatched
+        low-score detection starts a tentative track, confirmed after N consecutive matches. Evidence
+        accumulated over time: a face the detector only half-recognises (from behind, in a picture frame, far
+        away) scores low but steadily where it is, while most false positives flicker.
     """
 
     def __init__(
@@ -73,11 +78,13 @@ class Tracker:
         min_hits: int = 1,
         per_class: bool = True,
         kalman: BoxKalman | None = None,
+        weak_min_hits: int = 0,
     ) -> None:
         if not 0.0 <= low_thresh <= high_thresh:
             raise ValueError("need 0 <= low_thresh <= high_thresh")
-        if max_age_frames < 0 or min_hits < 1:
-            raise ValueError("need max_age_frames >= 0 and min_hits >= 1")
+        if max_age_frames < 0 or min_hits < 1 or weak_min_hits < 0:
+            raise ValueError("need max_age_frames >= 0, min_hits >= 1 and weak_min_hits >= 0")
+        self.weak_min_hits = int(weak_min_hits)
         self.high_thresh = float(high_thresh)
         self.low_thresh = float(low_thresh)
         self.match_iou = float(match_iou)
@@ -150,11 +157,12 @@ class Tracker:
             cols = np.array([matched_det[r] for r in rows], dtype=np.int64)
             m, p = self.kf.update(self._mean[rows], self._cov[rows], dets.xyxy[cols])
             self._mean[rows], self._cov[rows] = m, p
-            for r in rows:
+            for r, c in zip(rows, cols):
                 t = self._tracks[r]
                 t.hits += 1
                 t.last_frame = frame_index
-                if t.track_id < 0 and t.hits >= self.min_hits:
+                t.weak = t.weak and scores[c] < self.high_thresh
+                if t.track_id < 0 and t.hits >= (self.weak_min_hits if t.weak else self.min_hits):
                     t.track_id = self._new_id()
 
         # Unconfirmed tracks die on their first miss (a one-off false positive must not linger);
@@ -168,14 +176,17 @@ class Tracker:
 
         used = set(matched_det.values())
         new_dets = [int(i) for i in high if int(i) not in used]
+        if self.weak_min_hits:
+            new_dets += [int(i) for i in low if int(i) not in used]
         if new_dets:
             m, p = self.kf.initiate(dets.xyxy[new_dets])
             self._mean = np.concatenate([self._mean, m])
             self._cov = np.concatenate([self._cov, p])
             for i in new_dets:
-                t = _Track(self._next_key, str(dets.labels[i]), frame_index, frame_index)
+                t = _Track(self._next_key, str(dets.labels[i]), frame_index, frame_index,
+                           weak=bool(scores[i] < self.high_thresh))
                 self._next_key += 1
-                if self.min_hits <= 1:
+                if (self.weak_min_hits if t.weak else self.min_hits) <= 1:
                     t.track_id = self._new_id()
                 row_of_det[i] = len(self._tracks)
                 self._tracks.append(t)

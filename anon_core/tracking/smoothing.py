@@ -78,6 +78,8 @@ class MaskScheduler:
     grow_predicted: box scale for extrapolated boxes (before the first / after the last detection).
     frame_size: (width, height) to clip output boxes to; None leaves them unclipped.
     tracker: the Tracker to use; by default one whose max_age covers max_gap_frames.
+    weak_min_hits: for the default tracker: low-score detections seen on this many consecutive analysed
+        frames start a masked track (0: off; see Tracker). The lead window masks the frames before confirmation.
     """
 
     def __init__(
@@ -92,6 +94,7 @@ class MaskScheduler:
         grow_predicted: float = 1.3,
         frame_size: tuple[int, int] | None = None,
         tracker: Tracker | None = None,
+        weak_min_hits: int = 0,
     ) -> None:
         if min(lookahead_frames, lead_frames, trail_frames, max_gap_frames) < 0:
             raise ValueError("frame counts must be >= 0")
@@ -106,7 +109,7 @@ class MaskScheduler:
         self.grow_interpolated = float(grow_interpolated)
         self.grow_predicted = float(grow_predicted)
         self.frame_size = frame_size
-        self.tracker = tracker or Tracker(max_age_frames=max(30, self.max_gap + 1))
+        self.tracker = tracker or Tracker(max_age_frames=max(30, self.max_gap + 1), weak_min_hits=weak_min_hits)
         self._buffer: deque[_Frame] = deque()
         self._anchors: dict[int, _Anchor] = {}
         self._next_frame: int | None = None
@@ -148,8 +151,8 @@ class MaskScheduler:
     def push(self, frame_index: int, dets: Detections) -> list[tuple[int, Detections]]:
         """Add frame_index's raw detections; returns the frames that became final, in order.
 
-        Skipped frame indices are treated as frames with no detections, so every frame from the
-        first one pushed is emitted exactly once (this also lets a detector run on every n-th frame).
+        Skipped frame indices are emitted exactly once too, with only filled boxes: they are frames the
+        detector did not look at (it runs on every n-th frame), so the tracker does not count them as misses.
         """
         frame_index = int(frame_index)
         if self._next_frame is None:
@@ -158,7 +161,7 @@ class MaskScheduler:
             raise ValueError(f"frame {frame_index} pushed after frame {self._next_frame - 1}")
         out: list[tuple[int, Detections]] = []
         while self._next_frame < frame_index:
-            out += self._ingest(self._next_frame, Detections.empty())
+            out += self._ingest(self._next_frame, None)
         out += self._ingest(frame_index, dets)
         return out
 
@@ -183,8 +186,12 @@ class MaskScheduler:
 
     # ------------------------------------------------------------------ internals
 
-    def _ingest(self, i: int, dets: Detections) -> list[tuple[int, Detections]]:
-        tracked = self.tracker.update(dets, i)
+    def _ingest(self, i: int, dets: Detections | None) -> list[tuple[int, Detections]]:
+        if dets is None:  # not analysed: nothing to track, the window fills it from its neighbours
+            tracked = Detections.empty()
+            tracked.track_ids = np.zeros(0, np.int64)
+        else:
+            tracked = self.tracker.update(dets, i)
         # The detector may say per detection whether it passes its own class threshold.
         confident = tracked.data.get("confident")
         if not isinstance(confident, np.ndarray) or len(confident) != len(tracked):

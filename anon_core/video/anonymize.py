@@ -125,6 +125,7 @@ class _Analyser:
             # with sparse detection the gap between two detector frames must still be interpolated
             max(settings.max_gap_s, (self.k + 1) / fps),
             frame_size=reader.display_size, mask_thresh=settings.mask_thresh,
+            weak_min_hits=settings.weak_track_hits,
         )
         self.pending: dict[int, Frame] = {}  # frames waiting for the scheduler's verdict
         self.timings = timings
