@@ -33,7 +33,8 @@ SETS = {
 }
 
 
-def run(which: str, data: str, limit: int, threads: int, thresholds: list[float], overrides: dict | None = None) -> dict:
+def run(which: str, data: str, limit: int, threads: int, thresholds: list[float],
+        overrides: dict | None = None) -> dict:
     cls = SETS[which]["cls"]
     cfg = AnonConfig()
     spec = next(s for s in cfg.detectors.values() if s.name == {"plate": "plate", "person": "nanodet_person"}[cls])
