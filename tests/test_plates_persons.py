@@ -19,6 +19,7 @@ from anon_core.config import AnonConfig
 from anon_core.detections import Detections
 from anon_core.detectors import create_detector
 from anon_core.detectors.nanodet import NanoDet, model_dir, plan_tiles, resolve_built
+from anon_core.detectors.plates import PlateDetector
 from anon_core.masking import Masker
 from anon_core.pipeline import Anonymizer
 
@@ -115,9 +116,24 @@ def test_nanodet_runs_once_per_frame_for_persons_and_plates(astronaut, monkeypat
     frame = astronaut.copy()
     person.detect([frame])
     plate.detect([frame])  # the plate search needs only the base views, which the person detector already ran
-    assert calls == [[("base", False), ("base", True), ("up", False), ("up", True)]]
-    plate.detect([frame.copy()])  # a new frame: base views only (no flipped or upscaled passes for plates)
-    assert calls[1:] == [[("base", False)]]
+    assert calls == [[("tiles", False), ("tiles", True), ("up", False), ("up", True), ("whole", False),
+                      ("whole", True)]]
+    # a new frame: the whole-frame view first (the vehicle gate), then its tiles only if a vehicle may be there;
+    # never flipped or upscaled passes for plates
+    plate.detect([frame.copy()])
+    assert calls[1] == [("whole", False)] and calls[2:] in ([], [[("tiles", False)]])
+
+
+@needs_models
+def test_frames_without_vehicles_skip_the_plate_search(astronaut, monkeypatch):
+    plate = create_detector("plate", device="cpu", gate_threshold=0.9)
+    searched = []
+    none = (np.zeros((0, 4), np.float32), np.zeros(0, np.float32))
+    monkeypatch.setattr(PlateDetector, "_search", lambda self, *a: searched.append(a) or none)
+    assert len(plate.detect([astronaut])[0]) == 0 and not searched  # no vehicle scores 0.9 in a portrait
+    plate.gate_threshold = 0.0  # gate off: the whole frame is searched
+    plate.detect([astronaut.copy()])
+    assert searched
 
 
 def test_flip_and_upscaled_views_map_back(astronaut):
@@ -141,7 +157,8 @@ def test_flip_and_upscaled_views_map_back(astronaut):
 @pytest.mark.parametrize("height", [40, 14])
 def test_drawn_plate_found(height):
     img, box = drawn_plate(height=height)
-    d = create_detector("plate", device="cpu").detect([img])[0]
+    # the drawn "car" is no vehicle to NanoDet: gate off, so the search itself is what is tested
+    d = create_detector("plate", device="cpu", gate_threshold=0.0).detect([img])[0]
     assert _best_iou(d, box) >= 0.5, (d.xyxy, box)
 
 
@@ -150,7 +167,7 @@ def test_drawn_plate_found(height):
 def test_no_plate_on_plain_scene():
     rng = np.random.default_rng(1)
     img = rng.normal(120, 10, (360, 480, 3)).clip(0, 255).astype(np.uint8)
-    assert len(create_detector("plate", device="cpu").detect([img])[0]) == 0
+    assert len(create_detector("plate", device="cpu", gate_threshold=0.0).detect([img])[0]) == 0
 
 
 @needs_ocr
@@ -165,7 +182,9 @@ def test_text_regions():
 @needs_models
 @needs_ocr
 def test_full_policy_masks_plate_and_person(astronaut):
-    a = Anonymizer(AnonConfig(policy="full", device="cpu"))
+    cfg = AnonConfig(policy="full", device="cpu")
+    cfg.detectors["plate"].params["gate_threshold"] = 0.0  # a drawn car: see test_drawn_plate_found
+    a = Anonymizer(cfg)
     assert set(a.detectors) == {"face", "plate", "person", "text"}
     img, box = drawn_plate()
     dets = a.detect([img])[0]

@@ -171,9 +171,12 @@ def up_tile_side(w: int, h: int, tile_size: int, upscale: float, max_per_row: in
 
 
 def plan_views(w: int, h: int, tile_size: int, min_side: int, kind: str, upscale: float) -> list[tuple]:
-    """Crops of one view kind: "base" (whole frame + tiles) or "up" (smaller tiles: people look bigger)."""
-    if kind == "base":
-        return plan_tiles(w, h, tile_size, min_side)
+    """Crops of one view kind: "whole" (the frame), "tiles" (overlapping tiles of big frames) or "up" (smaller
+    tiles: people look bigger)."""
+    if kind == "whole":
+        return [(0, 0, w, h)]
+    if kind == "tiles":
+        return plan_tiles(w, h, tile_size, min_side)[1:]
     tiles = _tiles(w, h, up_tile_side(w, h, tile_size, upscale), overlap=0.2)
     return tiles if len(tiles) > 1 else []
 
@@ -232,13 +235,15 @@ class NanoDet:
         self._memo = alive[-16:]
         return hit
 
-    def detect(self, frames: Sequence[np.ndarray], flip: bool = False, upscale: float = 0.0) -> list[Detections]:
-        """Boxes from the base views (whole frame + tiles), plus optionally their mirror images and upscaled tiles.
+    def detect(self, frames: Sequence[np.ndarray], flip: bool = False, upscale: float = 0.0, tiles: bool = True
+               ) -> list[Detections]:
+        """Boxes from the base views (whole frame, and tiles unless `tiles` is false), plus optionally their mirror
+        images and upscaled tiles.
 
         Raw results are memoised per frame and per view, so the plate search (base views) and the person detector
         (base + extra views) share the base passes.
         """
-        keys = [("base", False)]
+        keys = [("whole", False)] + ([("tiles", False)] if tiles else [])
         if upscale > 1:
             keys.append(("up", False))
         if flip:
