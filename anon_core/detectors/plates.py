@@ -91,8 +91,12 @@ class PlateDetector:
         tile_min_side: int = 600,
         candidate_threshold: float = 0.1,
         gate_threshold: float = 0.1,
+        frame_region: str = "whole",
+        region_margin: float = 0.15,
     ):
-        self.gate_threshold = float(gate_threshold)
+        if frame_region not in ("whole", "vehicles"):
+            raise ValueError("frame_region must be whole or vehicles")
+        self.gate_threshold, self.frame_region, self.region_margin = float(gate_threshold), frame_region, region_margin
         self.threshold, self.text_threshold, self.vehicle_threshold = threshold, text_threshold, vehicle_threshold
         self.grow = (float(grow_x), float(grow_y))
         self.min_aspect, self.max_aspect, self.min_height = min_aspect, max_aspect, min_height
@@ -148,6 +152,20 @@ class PlateDetector:
             out[i] = self._detect_one(frames[i], objs)
         return out
 
+    def _frame_region(self, objs: Detections, w: int, h: int) -> tuple[int, int, int, int]:
+        """Where the frame-scale search looks: the whole frame, or (frame_region="vehicles") the box around every
+        vehicle the gate would accept, widened by `region_margin` of its size on each side."""
+        if self.frame_region != "vehicles":
+            return 0, 0, w, h
+        v = objs[np.isin(objs.labels.astype(str), VEHICLES) & (objs.scores >= self.gate_threshold)]
+        if not len(v):
+            return 0, 0, w, h
+        lo, hi = v.xyxy[:, :2].min(0), v.xyxy[:, 2:].max(0)
+        pad = (hi - lo) * self.region_margin
+        x0, y0 = np.floor(np.maximum(lo - pad, 0)).astype(int)
+        x1, y1 = np.ceil(np.minimum(hi + pad, [w, h])).astype(int)
+        return int(x0), int(y0), int(x1), int(y1)
+
     def _detect_one(self, frame: np.ndarray, objs: Detections) -> Detections:
         h, w = frame.shape[:2]
         boxes, scores = [], []
@@ -166,7 +184,7 @@ class PlateDetector:
             boxes.append(b)
             scores.append(s)
         if self.whole_frame:
-            b, s = self._search(frame, (0, 0, w, h), frame_scale, w)
+            b, s = self._search(frame, self._frame_region(objs, w, h), frame_scale, w)
             if len(veh) and len(b):
                 # text outside every vehicle is more often a sign than a plate: lower its score
                 inside = intersection_over_first(b, veh.xyxy).max(1) > 0.8
