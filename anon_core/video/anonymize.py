@@ -109,6 +109,11 @@ def _add_ms(timings: dict[str, float], key: str, t0: float) -> None:
     timings[key] = timings.get(key, 0.0) + (time.perf_counter() - t0) * 1000
 
 
+def _weak_hits(hits: int, k: int) -> int:
+    """Analysed frames a weak track needs: the same stretch of video whatever k is, but never one lone hit."""
+    return hits if k == 1 or hits == 0 else max(2, -(-hits // k))
+
+
 class _Analyser:
     """Detect on every k-th frame, push to the scheduler, mask frames as they become final."""
 
@@ -125,7 +130,8 @@ class _Analyser:
             # with sparse detection the gap between two detector frames must still be interpolated
             max(settings.max_gap_s, (self.k + 1) / fps),
             frame_size=reader.display_size, mask_thresh=settings.mask_thresh,
-            weak_min_hits=settings.weak_track_hits,
+            # the evidence a weak track needs spans the same stretch of video whatever k is (at least 2 hits)
+            weak_min_hits=_weak_hits(settings.weak_track_hits, self.k),
         )
         self.pending: dict[int, Frame] = {}  # frames waiting for the scheduler's verdict
         self.timings = timings

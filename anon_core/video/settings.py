@@ -60,7 +60,8 @@ class VideoSettings:
     candidate_score: detectors that support it also return weaker candidates down to this score;
         they are masked only when the tracker attaches them to a track (ByteTrack's second stage),
         which carries masks through blur, profile turns and partial occlusion.
-    weak_track_hits: candidates seen on this many consecutive analysed frames start a masked track of
+    weak_track_hits: candidates seen on this many consecutive frames (with detect_every_k > 1: on
+        max(2, ceil(hits / k)) consecutive analysed frames) start a masked track of
         their own, as if confident (0: off). Temporal evidence for faces a single frame cannot settle:
         pan/zoom leak 0.75 % -> 0 % for +0.4 points of over-masking (benchmarks/RESULTS.md, video).
     keep_audio: copy audio streams bit-exact (remux); False drops them.
