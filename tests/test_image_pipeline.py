@@ -193,6 +193,15 @@ def test_hydra_defaults_equal_core_defaults():
     assert json.dumps(load_config([]).to_dict(), sort_keys=True) == json.dumps(AnonConfig().to_dict(), sort_keys=True)
 
 
+def test_video_fast_group_sets_detector_and_frame_step():
+    from jobs.config import load_config
+
+    fast, default = load_config(["detector=video_fast"]), load_config([])
+    assert fast.video.detect_every_k == 2 and default.video.detect_every_k == 1
+    assert fast.detectors["face"].params["scales"] == [1.0]
+    assert fast.detectors["plate"] == default.detectors["plate"]  # the other classes are untouched
+
+
 @pytest.mark.parametrize("fmt", ["WEBP", "TIFF"])
 def test_other_still_formats(anonymizer, astronaut, fmt):
     buf = io.BytesIO()
