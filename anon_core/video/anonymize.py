@@ -179,10 +179,21 @@ class _Analyser:
             yield rest
 
     def _flush(self) -> list[tuple[int, Detections]]:
-        # frames after the last detector frame were never pushed; push them as empty first
+        # Frames after the last detector frame (detect_every_k > 1) have no later evidence to interpolate
+        # towards: analyse them too rather than extrapolate into the end of the stream.
         out = []
-        if self.pending and max(self.pending) > self.last_pushed:
-            out = self.scheduler.push(max(self.pending), Detections.empty())
+        tail = [self.pending[i] for i in sorted(self.pending) if i > self.last_pushed]
+        if tail:
+            t0 = time.perf_counter()
+            dets, failed = self.anonymizer.detect_or_mask([f.rgb for f in tail], min_score=self.candidate_score)
+            _add_ms(self.timings, "detect", t0)
+            self.frames_detected += len(tail)
+            for f, d, bad in zip(tail, dets, failed):
+                if bad:
+                    self.failed.add(f.index)
+                for label, n in d.counts().items():
+                    self.detected[label] = self.detected.get(label, 0) + n
+                out += self.scheduler.push(f.index, d)
         return out + self.scheduler.flush()
 
     def _mask(self, final: list[tuple[int, Detections]]) -> list:
@@ -280,11 +291,13 @@ def anonymize_video(anonymizer, source, out_path: str, media, rec, deadline: Dea
         _add_ms(timings, "encode", t)
         if writer.frames_written != reader.frames_decoded:
             raise RuntimeError(f"wrote {writer.frames_written} of {reader.frames_decoded} frames")
-        # fail closed: every k-th frame must have gone through the detectors (the rest through the tracker)
-        k = settings.detect_every_k
-        if analyser.frames_detected != (reader.frames_decoded + k - 1) // k:
-            raise RuntimeError(f"{analyser.frames_detected} frames analysed, expected "
-                               f"{(reader.frames_decoded + k - 1) // k}: output not published")
+        # fail closed: every k-th frame and the tail after the last one must have gone through the detectors
+        # (the rest through the tracker)
+        n, k = reader.frames_decoded, settings.detect_every_k
+        expected = (n + k - 1) // k + ((n - 1) % k if n else 0)
+        if analyser.frames_detected != expected:
+            raise RuntimeError(f"{analyser.frames_detected} frames analysed, expected {expected}: "
+                               "output not published")
         ok = True
     finally:
         stuck = pipe.shutdown()
