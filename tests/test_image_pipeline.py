@@ -197,7 +197,7 @@ def test_video_fast_group_sets_detector_and_frame_step():
     from jobs.config import load_config
 
     fast, default = load_config(["detector=video_fast"]), load_config([])
-    assert fast.video.detect_every_k == 2 and default.video.detect_every_k == 1
+    assert fast.video.detect_every_k == 3 and default.video.detect_every_k == 1
     assert fast.detectors["face"].params["scales"] == [1.0]
     assert fast.detectors["plate"] == default.detectors["plate"]  # the other classes are untouched
 
