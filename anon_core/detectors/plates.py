@@ -5,7 +5,10 @@ what separates it from other text is where it is (on a vehicle, in its lower par
 1.5-8x wider than tall, or a two-line square-ish plate). So:
 1. NanoDet (shared with the person detector, run once per frame) gives car/bus/truck/motorcycle boxes; each is
    searched at a resolution where a plate is at least ~16 px high.
-2. The whole frame is searched too: close-ups where the car fills the frame are often not detected as a car.
+2. The frame is searched at one frame-wide scale too, over the box around every vehicle seen at a low score
+   (`frame_region="vehicles"`, widened by 15 %; "whole": the whole frame): close-ups where the car fills the frame
+   are often only weakly "a car". Restricting this pass to the vehicles' region raised recall 0.907 -> 0.910 and
+   precision 0.31 -> 0.34 on shared/data/plates (fewer signs) and skips the empty parts of the frame.
    Small images are upscaled so their short side reaches 1088 px (long side <= 1600): plates 10-24 px high then
    carry characters of ~10+ px, where PP-OCR starts to see them (736 px, PP-OCR's own default: recall 0.877 ->
    0.894 on shared/data/plates; see models/plates.md).
@@ -76,7 +79,7 @@ class PlateDetector:
         min_aspect: float = 1.1,
         max_aspect: float = 9.0,
         min_height: float = 6.0,
-        max_width_share: float = 0.6,
+        max_width_share: float = 0.8,
         whole_frame: bool = True,
         frame_min_side: int = 1088,
         frame_max_side: int = 1600,
@@ -93,7 +96,7 @@ class PlateDetector:
         gate_threshold: float = 0.1,
         grow_y_small: float | None = 1.6,
         grow_y_large: float | None = 1.25,
-        frame_region: str = "whole",
+        frame_region: str = "vehicles",
         region_margin: float = 0.15,
     ):
         if frame_region not in ("whole", "vehicles"):
