@@ -111,6 +111,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results"))
     ap.add_argument("--rss-child", nargs=2, help=argparse.SUPPRESS)
     ap.add_argument("--rss-only", action="store_true", help="only the peak-RSS comparison (short vs long clip)")
+    ap.add_argument("--no-rss", action="store_true", help="skip the peak-RSS comparison")
     args = ap.parse_args()
     if args.rss_child:
         rss_child(*args.rss_child)
@@ -164,6 +165,9 @@ def main() -> None:
               "args": vars(args), "clips": rows}
     name.write_text(json.dumps(result, indent=1))  # written now too, in case the RSS part is cut short
 
+    if args.no_rss:
+        print(f"wrote {name}")
+        return
     # peak RSS vs. length: decode -> detect -> schedule -> mask -> encode, default settings
     rss = {}
     for secs in (args.rss_short_s, args.rss_long_s):
