@@ -70,6 +70,11 @@ def join_lines(b: np.ndarray, s: np.ndarray, gap: float = 0.8, dy: float = 0.35)
     return b, s
 
 
+def vehicles(objs: Detections, min_score: float) -> Detections:
+    """The car/bus/truck/motorcycle detections scoring at least min_score."""
+    return objs[np.isin(objs.labels.astype(str), VEHICLES) & (objs.scores >= min_score)]
+
+
 class PlateDetector:
     classes = ("plate",)
 
@@ -159,9 +164,11 @@ class PlateDetector:
         self._load()
         out: list[Detections] = [Detections.empty() for _ in frames]
         gate = self.nanodet.detect(frames, tiles=False)
-        todo = [i for i, g in enumerate(gate) if self.gate_threshold <= 0 or (
-            np.isin(g.labels.astype(str), VEHICLES) & (g.scores >= self.gate_threshold)).any()]
-        found = self.nanodet.detect([frames[i] for i in todo], tiles=self.vehicle_tiles) if todo else []
+        todo = [i for i, g in enumerate(gate) if self.gate_threshold <= 0 or len(vehicles(g, self.gate_threshold))]
+        if self.vehicle_tiles and todo:
+            found = self.nanodet.detect([frames[i] for i in todo], tiles=True)
+        else:  # the gate's whole-frame view is all the search needs
+            found = [gate[i] for i in todo]
         for i, objs in zip(todo, found):
             out[i] = self._detect_one(frames[i], objs)
         return out
@@ -184,7 +191,7 @@ class PlateDetector:
         vehicle the gate would accept, widened by `region_margin` of its size on each side."""
         if self.frame_region != "vehicles":
             return 0, 0, w, h
-        v = objs[np.isin(objs.labels.astype(str), VEHICLES) & (objs.scores >= self.gate_threshold)]
+        v = vehicles(objs, self.gate_threshold)
         if not len(v):
             return 0, 0, w, h
         lo, hi = v.xyxy[:, :2].min(0), v.xyxy[:, 2:].max(0)
@@ -196,7 +203,7 @@ class PlateDetector:
     def _detect_one(self, frame: np.ndarray, objs: Detections) -> Detections:
         h, w = frame.shape[:2]
         boxes, scores = [], []
-        veh = objs[np.isin(objs.labels.astype(str), VEHICLES) & (objs.scores >= self.vehicle_threshold)]
+        veh = vehicles(objs, self.vehicle_threshold)
         frame_scale = min(max(1.0, self.frame_min_side / min(h, w)), self.frame_max_side / max(h, w))
         for vb in veh.xyxy[nms(veh.xyxy, veh.scores, 0.7)] if len(veh) else []:
             x0, y0 = int(max(0, vb[0])), int(max(0, vb[1]))
