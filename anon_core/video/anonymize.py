@@ -145,11 +145,7 @@ class _Analyser:
         for batch in batches:
             out: list = [batch.packets] if batch.packets else []
             todo = [f for f in batch.frames if f.index % self.k == 0]
-            t0 = time.perf_counter()
-            dets, failed = self.anonymizer.detect_or_mask([f.rgb for f in todo], min_score=self.candidate_score) \
-                if todo else ([], [])
-            _add_ms(self.timings, "detect", t0)
-            self.frames_detected += len(todo)
+            dets, failed = self._detect(todo)
             for f, bad in zip(todo, failed):
                 if bad:  # frames interpolated from this one are unchecked too
                     self.failed.update(range(max(0, f.index - self.k + 1), f.index + self.k))
@@ -159,8 +155,6 @@ class _Analyser:
                 d = by_index.get(f.index)
                 if d is None:
                     continue  # the scheduler treats skipped indices as frames without detections
-                for label, n in d.counts().items():
-                    self.detected[label] = self.detected.get(label, 0) + n
                 t0 = time.perf_counter()
                 final = self.scheduler.push(f.index, d)
                 self.last_pushed = f.index
@@ -183,18 +177,24 @@ class _Analyser:
         # towards: analyse them too rather than extrapolate into the end of the stream.
         out = []
         tail = [self.pending[i] for i in sorted(self.pending) if i > self.last_pushed]
-        if tail:
-            t0 = time.perf_counter()
-            dets, failed = self.anonymizer.detect_or_mask([f.rgb for f in tail], min_score=self.candidate_score)
-            _add_ms(self.timings, "detect", t0)
-            self.frames_detected += len(tail)
-            for f, d, bad in zip(tail, dets, failed):
-                if bad:
-                    self.failed.add(f.index)
-                for label, n in d.counts().items():
-                    self.detected[label] = self.detected.get(label, 0) + n
-                out += self.scheduler.push(f.index, d)
+        for f, d, bad in zip(tail, *self._detect(tail)):
+            if bad:
+                self.failed.add(f.index)
+            out += self.scheduler.push(f.index, d)
         return out + self.scheduler.flush()
+
+    def _detect(self, frames: list[Frame]) -> tuple[list[Detections], list[bool]]:
+        """Detections (down to the candidate score) and per-frame "analysis failed" flags, counted and timed."""
+        if not frames:
+            return [], []
+        t0 = time.perf_counter()
+        dets, failed = self.anonymizer.detect_or_mask([f.rgb for f in frames], min_score=self.candidate_score)
+        _add_ms(self.timings, "detect", t0)
+        self.frames_detected += len(frames)
+        for d in dets:
+            for label, n in d.counts().items():
+                self.detected[label] = self.detected.get(label, 0) + n
+        return dets, failed
 
     def _mask(self, final: list[tuple[int, Detections]]) -> list:
         out = []
