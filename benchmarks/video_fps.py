@@ -28,7 +28,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from anon_core.audit import AuditRecord  # noqa: E402
-from anon_core.config import AnonConfig  # noqa: E402
 from anon_core.media.probe import MediaType  # noqa: E402
 from anon_core.pipeline import Anonymizer  # noqa: E402
 from anon_core.video import anonymize_video  # noqa: E402
@@ -93,7 +92,7 @@ def run_deface(src: Path, out: Path) -> float:
 
 def rss_child(path: str, fmt: str) -> None:
     """Run in a subprocess: the whole pipeline, default face detector included; print peak RSS in MiB."""
-    an = Anonymizer(AnonConfig.from_dict({"policy": "faces"}))
+    an = Anonymizer(load_config(["policy=faces"]))
     anonymize_video(an, path, path + ".out." + fmt, MediaType("video", fmt), AuditRecord())
     print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
