@@ -13,6 +13,7 @@ from typing import Any
 from anon_core.audio.settings import AudioSettings
 from anon_core.masking.apply import MaskSpec
 from anon_core.media.image_io import MetadataPolicy
+from anon_core.vault.settings import VaultSettings
 from anon_core.video.settings import VideoSettings
 
 POLICIES = {
@@ -118,6 +119,7 @@ class AnonConfig:
     # A detector error on a frame: fail the asset (nothing published) or mask that whole frame and go on.
     on_analysis_error: str = "fail"
     residual: ResidualSettings = field(default_factory=ResidualSettings)
+    vault: VaultSettings = field(default_factory=VaultSettings)
 
     def __post_init__(self) -> None:
         if self.on_analysis_error not in ANALYSIS_ERROR_MODES:
@@ -167,5 +169,8 @@ class AnonConfig:
         if "residual" in d:
             r = d["residual"]
             cfg.residual = r if isinstance(r, ResidualSettings) else ResidualSettings(**(r or {}))
+        if "vault" in d:
+            v = d["vault"]
+            cfg.vault = v if isinstance(v, VaultSettings) else VaultSettings(**(v or {}))
         cfg.__post_init__()
         return cfg

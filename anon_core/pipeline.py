@@ -58,6 +58,11 @@ class Anonymizer:
             log.warning(msg)
         self.masker = Masker({c: self.config.masks[c] for c in self.classes if c in self.config.masks})
         self.config_hash = self.config.hash()
+        self.vault = None
+        if self.config.vault.enabled:
+            from anon_core.vault import VaultSession
+
+            self.vault = VaultSession(self.config.vault)
         self.residual = None
         if self.config.residual.enabled:
             from anon_core.residual import ResidualChecker
@@ -133,12 +138,12 @@ class Anonymizer:
                 failed.append(True)
         return dets, failed
 
-    def mask(self, frame: np.ndarray, dets: Detections) -> tuple[np.ndarray, int]:
-        return self.masker.apply(frame, dets)
+    def mask(self, frame: np.ndarray, dets: Detections, recorder=None, index: int = 0) -> tuple[np.ndarray, int]:
+        return self.masker.apply(frame, dets, recorder, index)
 
     # -- still images
-    def anonymize_image(self, data: bytes, media: MediaType, rec: AuditRecord, deadline: Deadline | None = None
-                        ) -> bytes:
+    def anonymize_image(self, data: bytes, media: MediaType, rec: AuditRecord, deadline: Deadline | None = None,
+                        recorder=None) -> bytes:
         t = rec.timings_ms
         deadline = deadline or Deadline(0)
         with timed(t, "decode"):
@@ -151,21 +156,24 @@ class Anonymizer:
         deadline.check("detect")
         with timed(t, "mask"):
             if failed:
+                if recorder is not None:
+                    recorder.record_whole(0, dec.rgb)
                 out = mask_whole_frame(dec.rgb)
                 rec.extra["analysis_errors"] = {"frames_masked_whole": 1}
             else:
-                out, _ = self.mask(dec.rgb, dets)
+                out, _ = self.mask(dec.rgb, dets, recorder)
         rec.detections = dets.counts()
         rec.masked = dets.counts() if not failed else {"whole_frame": 1}
         if self.residual is not None and not failed:
             with timed(t, "residual"):
-                out = self.residual.check_image(out, rec)
+                out = self.residual.check_image(out, rec, recorder)
         with timed(t, "encode"):
             encoded = image_io.encode(out, dec, self.config.metadata, self.config.image.jpeg_quality)
         rec.metadata_removed = dec.removed
         return encoded
 
-    def process_stream(self, fs, path: str, media: MediaType, rec: AuditRecord, workdir: str) -> str | None:
+    def process_stream(self, fs, path: str, media: MediaType, rec: AuditRecord, workdir: str, recorder=None
+                       ) -> str | None:
         """Anonymize a video or audio asset streamed from storage into a file in the private workdir.
 
         Returns the local output path, or None when the asset failed (the record says why).
@@ -187,7 +195,8 @@ class Anonymizer:
             # Local files go to PyAV by path (seekable, fastest); object stores are streamed, never read whole.
             source = path if _is_local(fs) else fs.open(path, "rb")
             try:
-                handler(self, source, out_path, media, rec, deadline=deadline)
+                extra = {"recorder": recorder} if recorder is not None and media.kind == "video" else {}
+                handler(self, source, out_path, media, rec, deadline=deadline, **extra)
             finally:
                 if not isinstance(source, str):
                     source.close()
@@ -208,7 +217,7 @@ class Anonymizer:
         rec.output_sha256, rec.output_size = _hash_file(out_path)
         return out_path
 
-    def process_bytes(self, data: bytes, rec: AuditRecord) -> bytes | None:
+    def process_bytes(self, data: bytes, rec: AuditRecord, recorder=None) -> bytes | None:
         """Anonymize one in-memory asset; on failure the record says why and nothing is returned."""
         self.stamp(rec)
         rec.input_sha256 = sha256_bytes(data)
@@ -223,7 +232,7 @@ class Anonymizer:
             if not data:
                 raise UnsupportedMedia("empty file (0 bytes)")
             if media.kind == "image":
-                out = self.anonymize_image(data, media, rec, deadline)
+                out = self.anonymize_image(data, media, rec, deadline, recorder)
             else:
                 raise UnsupportedMedia(f"unsupported or unrecognised media ({media.kind}/{media.format})")
         except AssetError as exc:

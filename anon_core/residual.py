@@ -45,9 +45,9 @@ class ResidualChecker:
         every = 1 if not fps or self.every_s <= 0 else max(1, round(self.every_s * fps))
         return ResidualSession(self, every)
 
-    def check_image(self, rgb: np.ndarray, rec) -> np.ndarray:
+    def check_image(self, rgb: np.ndarray, rec, recorder=None) -> np.ndarray:
         s = self.session()
-        out = s.check(rgb, 0)
+        out = s.check(rgb, 0, recorder)
         rec.extra["residual"] = s.report()
         return out
 
@@ -64,7 +64,7 @@ class ResidualSession:
     def due(self, index: int) -> bool:
         return index % self.every == 0
 
-    def check(self, rgb: np.ndarray, index: int) -> np.ndarray:
+    def check(self, rgb: np.ndarray, index: int, recorder=None) -> np.ndarray:
         c = self.checker
         try:
             dets = c.detector.detect([rgb])[0]
@@ -82,7 +82,7 @@ class ResidualSession:
             what = ", ".join(f"{n} {k}" for k, n in sorted(dets.counts().items()))
             raise ResidualRisk(f"residual check found {what} after masking (frame {index})")
         if c.action == "remask":
-            rgb, n = c.masker.apply(rgb, dets)
+            rgb, n = c.masker.apply(rgb, dets, recorder, index)
             self.remasked += n
         return rgb
 

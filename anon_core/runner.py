@@ -17,6 +17,7 @@ from anon_core.config import AnonConfig
 from anon_core.media.probe import sniff
 from anon_core.pipeline import Anonymizer
 from anon_core.storage import filesystem, join, list_inputs, put_atomic, write_atomic
+from anon_core.vault.errors import VaultError
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,7 @@ def process_asset(anonymizer: Anonymizer, in_fs, path: str, rel: str, out_fs, ou
     config = anonymizer.config
     rec = AuditRecord(run_id=run_id, input_uri=_display(input_uri, path), relative_path=rel, started_at=now())
     rec.config_json = None
+    recorder = None
     try:
         size = len(data) if data is not None else in_fs.size(path)
         if size is not None and size > config.limits.max_bytes:
@@ -103,25 +105,40 @@ def process_asset(anonymizer: Anonymizer, in_fs, path: str, rel: str, out_fs, ou
                 with in_fs.open(path, "rb") as fh:
                     media = sniff(fh.read(64))
             target = join(out_root, rel)
+            # vault.enabled: the masked regions' pixels are recorded, sealed and published before the output
+            recorder = anonymizer.vault.recorder() if anonymizer.vault and media.kind in ("image", "video") else None
             if media.kind in ("video", "audio"):
                 # Streams go through a private temp dir that is removed on success and failure.
                 with tempfile.TemporaryDirectory(prefix="anon-") as work:
                     os.chmod(work, 0o700)
-                    local = anonymizer.process_stream(in_fs, path, media, rec, work)
+                    local = anonymizer.process_stream(in_fs, path, media, rec, work, recorder)
                     if local is not None:
+                        _publish_vault(anonymizer, recorder, rec, out_fs, out_root, rel, output_uri)
                         put_atomic(out_fs, local, target)
                         rec.output_uri = _display(output_uri, target)
             else:
-                out = anonymizer.process_bytes(data if data is not None else in_fs.cat_file(path), rec)
+                out = anonymizer.process_bytes(data if data is not None else in_fs.cat_file(path), rec, recorder)
                 if out is not None:
+                    _publish_vault(anonymizer, recorder, rec, out_fs, out_root, rel, output_uri)
                     write_atomic(out_fs, target, out)
                     rec.output_uri = _display(output_uri, target)
+    except VaultError as exc:
+        rec.fail(f"vault: {exc}", "vault")
     except OSError as exc:  # storage errors fail the asset, not the run
         rec.fail(f"storage error: {exc}", "storage")
     except Exception as exc:  # object-store clients raise their own types (e.g. connection errors): same rule
         rec.fail(f"storage error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}", "storage")
+    if rec.status == "failed" and recorder is not None and "vault" in rec.extra:
+        anonymizer.vault.discard(out_fs, out_root, rel)
+        rec.extra.pop("vault")
     rec.finished_at = now()
     return rec
+
+
+def _publish_vault(anonymizer: Anonymizer, recorder, rec: AuditRecord, out_fs, out_root: str, rel: str,
+                   output_uri: str) -> None:
+    if recorder is not None:
+        anonymizer.vault.publish(recorder, rec, out_fs, out_root, rel, lambda p: _display(output_uri, p))
 
 
 def _config_json(config: AnonConfig) -> str:

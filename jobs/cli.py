@@ -22,6 +22,10 @@ def cmd_anonymize(args: argparse.Namespace) -> int:
 
     try:
         config = load_config(args.set)
+        if config.vault.enabled:  # no output may be written that its vault could not reverse
+            from anon_core.vault import load_key
+
+            load_key(config.vault.key_env)
     except Exception as exc:
         print(f"anon: bad configuration: {exc}", file=sys.stderr)
         return 2
@@ -105,6 +109,14 @@ def build_parser() -> argparse.ArgumentParser:
                                       "requests")
     r.set_defaults(func=cmd_report)
     _report_arguments(r)
+    from jobs import vault_cli  # light: cryptography is imported only when a command runs
+
+    rs = sub.add_parser("restore", help="reverse vault-sealed masks (key in ANON_VAULT_KEY)")
+    rs.set_defaults(func=vault_cli.cmd_restore)
+    vault_cli.add_restore_arguments(rs)
+    sh = sub.add_parser("shred", help="destroy the key material of a vault key id (crypto-shredding)")
+    sh.set_defaults(func=vault_cli.cmd_shred)
+    vault_cli.add_shred_arguments(sh)
     return p
 
 

@@ -47,8 +47,13 @@ class Masker:
         return {k: {"operator": s.operator, "shape": s.shape, "scale": s.scale, **self.ops[k].params()}
                 for k, s in self.specs.items()}
 
-    def apply(self, image: np.ndarray, dets: Detections) -> tuple[np.ndarray, int]:
-        """Returns the masked copy and the number of regions masked."""
+    def apply(self, image: np.ndarray, dets: Detections, recorder=None, frame_index: int = 0
+              ) -> tuple[np.ndarray, int]:
+        """Returns the masked copy and the number of regions masked.
+
+        `recorder` (vault.enabled, anon_core/vault/recorder.py) receives each region's pixels just before
+        they are overwritten, so the mask can be reversed.
+        """
         out = image.copy()
         h, w = image.shape[:2]
         n = 0
@@ -77,6 +82,8 @@ class Masker:
                 lm = dets.landmarks[i] - [rx1, ry1]
             roi = out[ry1:ry2, rx1:rx2]
             new = op.apply(roi.copy(), mask, Region(local, lm, str(dets.labels[i])))
+            if recorder is not None:
+                recorder.record(frame_index, out, rx1, ry1, mask)
             roi[mask] = new[mask]
             n += 1
         return out, n

@@ -117,8 +117,10 @@ def _weak_hits(hits: int, k: int) -> int:
 class _Analyser:
     """Detect on every k-th frame, push to the scheduler, mask frames as they become final."""
 
-    def __init__(self, anonymizer, settings: VideoSettings, reader: VideoReader, timings: dict[str, float]):
+    def __init__(self, anonymizer, settings: VideoSettings, reader: VideoReader, timings: dict[str, float],
+                 recorder=None):
         self.anonymizer = anonymizer
+        self.recorder = recorder  # vault.enabled: keeps the pixels under every mask (anon_core/vault)
         # fail closed: frames whose analysis failed (on_analysis_error=mask_frame) are masked whole
         self.failed: set[int] = set()
         self.residual = anonymizer.residual.session(float(reader.rate)) if anonymizer.residual else None
@@ -205,16 +207,18 @@ class _Analyser:
             if idx in self.failed:
                 from anon_core.pipeline import mask_whole_frame
 
+                if self.recorder is not None:
+                    self.recorder.record_whole(idx, rgb)
                 rgb = mask_whole_frame(rgb)
                 self.masked["whole_frame"] = self.masked.get("whole_frame", 0) + 1
                 out.append(Frame(f.index, rgb, f.pts, f.duration))
                 continue
             if len(d):
-                rgb, _ = self.anonymizer.mask(rgb, d)
+                rgb, _ = self.anonymizer.mask(rgb, d, self.recorder, idx)
                 for label, n in d.counts().items():
                     self.masked[label] = self.masked.get(label, 0) + n
             if self.residual is not None and self.residual.due(idx):
-                rgb = self.residual.check(rgb, idx)
+                rgb = self.residual.check(rgb, idx, self.recorder)
             out.append(Frame(f.index, rgb, f.pts, f.duration))
         _add_ms(self.timings, "mask", t0)
         return out
@@ -233,7 +237,8 @@ def _video_audio(audio, reader: VideoReader, family: str, rec, deadline: Deadlin
                       mute_ranges=load_ranges(audio), deadline=deadline)
 
 
-def anonymize_video(anonymizer, source, out_path: str, media, rec, deadline: Deadline | None = None) -> None:
+def anonymize_video(anonymizer, source, out_path: str, media, rec, deadline: Deadline | None = None,
+                    recorder=None) -> None:
     """Anonymize one video from `source` (local path or binary file object) into `out_path`.
 
     Fills `rec` (size, frames, duration, detections, masked, metadata_removed, timings, extra) and
@@ -259,7 +264,7 @@ def anonymize_video(anonymizer, source, out_path: str, media, rec, deadline: Dea
         _add_ms(timings, "decode", t0)
         voice = _video_audio(anonymizer.config.audio, reader, family, rec, deadline)
         writer = VideoWriter(out_path, family, reader, settings, audio=voice)
-        analyser = _Analyser(anonymizer, settings, reader, timings)
+        analyser = _Analyser(anonymizer, settings, reader, timings, recorder)
 
         def decoded() -> Iterator[Batch]:
             it = reader.batches(settings.batch_size)
