@@ -131,4 +131,9 @@ def write_manifest(records: list[AuditRecord], fs, path: str) -> None:
 
 
 def read_manifest(path: str) -> pa.Table:
-    return pq.read_table(path, schema=SCHEMA)
+    """A manifest file, or a folder of parts, as one table (`anon_core.manifests`: damaged parts skipped)."""
+    from anon_core.manifests import read_table
+    from anon_core.storage import filesystem
+
+    fs, root = filesystem(path)
+    return read_table(fs, root, SCHEMA)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import posixpath
 import uuid
@@ -40,6 +41,33 @@ def list_inputs(fs: fsspec.AbstractFileSystem, root: str, extensions=MEDIA_EXTEN
 
 def join(root: str, rel: str) -> str:
     return root.rstrip("/") + "/" + rel
+
+
+def display_uri(user_uri: str, path: str) -> str:
+    """Keep the user's protocol prefix (s3://...) on paths fsspec returns without it."""
+    if "://" in user_uri and "://" not in path:
+        return user_uri.split("://", 1)[0] + "://" + path
+    return path
+
+
+def sha256_stream(fs: fsspec.AbstractFileSystem, path: str, chunk: int = 8 << 20) -> tuple[str, int]:
+    """(sha256 hex, size) of a stored object, read in chunks (never whole)."""
+    h, n = hashlib.sha256(), 0
+    with fs.open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+            n += len(block)
+    return h.hexdigest(), n
+
+
+def confined(fs: fsspec.AbstractFileSystem, root: str, path: str) -> bool:
+    """True when `path` is strictly below `root` and, on a local disk, stays there with every symlink resolved
+    and is not itself a symlink. Object stores have no symlinks; their keys are compared normalized."""
+    if is_local(fs):
+        real_root = os.path.realpath(root)
+        return os.path.realpath(path).startswith(real_root.rstrip(os.sep) + os.sep) and not os.path.islink(path)
+    base = posixpath.normpath(root.rstrip("/"))
+    return posixpath.normpath(path).startswith(base + "/") and ".." not in path.split("/")
 
 
 def _publish(fs: fsspec.AbstractFileSystem, path: str, fill_local, upload) -> None:

@@ -5,7 +5,9 @@
 
 Manifests: a Parquet file, a folder of them (searched recursively; the CLI's `_manifests/<run>.parquet`)
 or the archive job's partitioned dataset (`<root>/run_id=<id>/part-*.parquet`); local paths or fsspec URLs.
-Rows are aggregated file by file, so memory follows the largest part file, not the archive.
+Names starting with `_` or `.` below the given folder are not manifests (so give `OUT/_manifests`, not `OUT`);
+a damaged part is skipped with a warning. Rows are aggregated file by file, so memory follows the largest part
+file, not the archive (one reader for every manifest: `anon_core/manifests.py`).
 The report states facts from the audit only: what was processed, when, with which models (name, version,
 weights sha256), thresholds and configuration, what was found and masked, what failed and why, where
 originals and outputs are, plus the latest validation metrics from MLflow when a store is given.
@@ -22,7 +24,6 @@ import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
 
 MAX_FAILURE_ROWS = 200  # failures listed one by one; the rest are counted by code
 
@@ -30,38 +31,17 @@ MAX_FAILURE_ROWS = 200  # failures listed one by one; the rest are counted by co
 # ------------------------------------------------------------------------------------------------ reading
 
 
-def manifest_files(paths: list[str]) -> list[tuple[Any, str]]:
-    """(fsspec filesystem, path) of every Parquet manifest under the given files/folders/URLs."""
+def iter_rows(paths: list[str]):
+    """Manifest rows as dicts, part by part (`anon_core.manifests`: damaged parts are skipped with a warning,
+    `run_id` filled from a `run_id=<id>` folder when the column is empty); each row names its `_manifest`."""
+    from anon_core.manifests import iter_rows as manifest_rows
     from anon_core.storage import filesystem
 
-    out = []
     for p in paths:
         fs, root = filesystem(p)
-        if fs.isfile(root):
-            out.append((fs, root))
-            continue
-        if not fs.isdir(root):
+        if not fs.exists(root):
             raise FileNotFoundError(f"no manifest file or folder at {p}")
-        for f in sorted(fs.find(root)):
-            parts = f[len(root.rstrip("/")):].replace(os.sep, "/").strip("/").split("/")
-            # hidden files, in-flight temp files and side files (_summary.json, _SUCCESS) are not manifests
-            if f.endswith(".parquet") and not parts[-1].startswith("_") and not any(x.startswith(".") for x in parts):
-                out.append((fs, f))
-    return out
-
-
-def iter_rows(paths: list[str]):
-    """Manifest rows as dicts, file by file; `run_id` filled from a `run_id=<id>` folder when the column is empty."""
-    import pyarrow.parquet as pq
-
-    for fs, path in manifest_files(paths):
-        with fs.open(path, "rb") as fh:
-            table = pq.read_table(fh)
-        part_run = next((seg.split("=", 1)[1] for seg in path.replace(os.sep, "/").split("/")
-                         if seg.startswith("run_id=")), None)
-        for row in table.to_pylist():
-            if not row.get("run_id") and part_run:
-                row["run_id"] = part_run
+        for path, _i, row in manifest_rows(fs, root):
             row["_manifest"] = path
             yield row
 

@@ -1,4 +1,4 @@
-"""`anon watch`: continuous mode for archives (the logic is in `anon_core/watch.py`; this is the entry point).
+"""`anon watch`: continuous mode for archives (the logic is in `anon_core/watch/`; this is the entry point).
 
     anon watch s3://archive/in -o s3://archive/out --set policy=faces --interval 5 --max-in-flight 4
     python jobs/watch.py INPUT -o OUTPUT [same options]                       # e.g. under `ray job submit`:

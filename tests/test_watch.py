@@ -1,4 +1,4 @@
-"""Continuous mode (`anon watch`, anon_core/watch.py): local folders and a real S3 server (SeaweedFS).
+"""Continuous mode (`anon watch`, anon_core/watch/): local folders and a real S3 server (SeaweedFS).
 
 The end-to-end tests run the CLI as a subprocess while a writer thread uploads 100 tiny PNGs over time; the
 watcher is SIGKILLed once and SIGTERMed once mid-stream and restarted each time; then an erasure request and a
