@@ -1,6 +1,8 @@
-"""The pipeline's configuration schema and defaults (plain dataclasses; Hydra layers conf/ over them).
+"""The pipeline's configuration schema and defaults: these dataclasses are the one schema.
 
-Keys here are the keys of `--set key=value` in the CLI and of Hydra overrides in the jobs.
+Every field (nested: `video.detect_every_k`, `detectors.face.params.threshold`, ...) is a key of
+`--set key=value` in the CLI and of Hydra overrides in the jobs; `jobs/config.py` registers these classes
+with Hydra, `anon_core/schema.py` turns plain data into them (unknown keys and bad values are errors).
 """
 
 from __future__ import annotations
@@ -8,15 +10,18 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Literal, get_args
 
 from anon_core.audio.settings import AudioSettings
+from anon_core.detectors.base import detector_factory
 from anon_core.masking.apply import MaskSpec
 from anon_core.media.image_io import MetadataPolicy
+from anon_core.schema import SchemaError, build, check_choices, check_params
 from anon_core.vault.settings import VaultSettings
 from anon_core.video.settings import VideoSettings
 
-POLICIES = {
+Policy = Literal["default", "full", "faces"]
+POLICIES: dict[str, list[str]] = {
     # What street-imagery anonymizers mask by default.
     "default": ["face", "plate"],
     # Everything we can detect: people as silhouettes and text (screens, badges, house numbers).
@@ -27,8 +32,17 @@ POLICIES = {
 
 @dataclass
 class DetectorSpec:
+    """A registered detector and the keyword parameters of its factory (the factory's signature is their schema)."""
+
     name: str = "face"
     params: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        try:
+            factory = detector_factory(self.name)
+        except ValueError as exc:
+            raise SchemaError("name", str(exc)) from None
+        check_params(self.params, factory, f"detector {self.name!r}")
 
 
 def _default_detectors() -> dict[str, DetectorSpec]:
@@ -67,8 +81,10 @@ class Limits:
     asset_timeout_s: float = 21_600.0
 
 
-ANALYSIS_ERROR_MODES = ("fail", "mask_frame")
-RESIDUAL_ACTIONS = ("remask", "flag", "fail")
+AnalysisErrorMode = Literal["fail", "mask_frame"]
+ResidualAction = Literal["remask", "flag", "fail"]
+ANALYSIS_ERROR_MODES: tuple[str, ...] = get_args(AnalysisErrorMode)
+RESIDUAL_ACTIONS: tuple[str, ...] = get_args(ResidualAction)
 
 
 def _default_residual_detector() -> DetectorSpec:
@@ -87,14 +103,11 @@ class ResidualSettings:
 
     enabled: bool = False
     detector: DetectorSpec = field(default_factory=_default_residual_detector)
-    action: str = "remask"
+    action: ResidualAction = "remask"
     video_every_s: float = 1.0
 
     def __post_init__(self) -> None:
-        if isinstance(self.detector, dict):
-            self.detector = DetectorSpec(**self.detector)
-        if self.action not in RESIDUAL_ACTIONS:
-            raise ValueError(f"residual.action must be one of {RESIDUAL_ACTIONS}, got {self.action!r}")
+        check_choices(self)
 
 
 @dataclass
@@ -104,7 +117,7 @@ class ImageSettings:
 
 @dataclass
 class AnonConfig:
-    policy: str = "default"
+    policy: Policy = "default"
     classes: list[str] = field(default_factory=list)  # explicit class list; overrides the policy when set
     detectors: dict[str, DetectorSpec] = field(default_factory=_default_detectors)
     masks: dict[str, MaskSpec] = field(default_factory=_default_masks)
@@ -117,13 +130,12 @@ class AnonConfig:
     # A class the policy asks for but no configured detector covers: fail the asset (safe) or only warn.
     require_all_classes: bool = False
     # A detector error on a frame: fail the asset (nothing published) or mask that whole frame and go on.
-    on_analysis_error: str = "fail"
+    on_analysis_error: AnalysisErrorMode = "fail"
     residual: ResidualSettings = field(default_factory=ResidualSettings)
     vault: VaultSettings = field(default_factory=VaultSettings)
 
     def __post_init__(self) -> None:
-        if self.on_analysis_error not in ANALYSIS_ERROR_MODES:
-            raise ValueError(f"on_analysis_error must be one of {ANALYSIS_ERROR_MODES}, got {self.on_analysis_error!r}")
+        check_choices(self)
 
     def wanted_classes(self) -> list[str]:
         if self.classes:
@@ -140,37 +152,6 @@ class AnonConfig:
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     @classmethod
-    def from_dict(cls, d: dict | None) -> AnonConfig:
-        d = dict(d or {})
-        cfg = cls()
-        for key in ("policy", "device", "require_all_classes", "on_analysis_error"):
-            if key in d:
-                setattr(cfg, key, d[key])
-        if "classes" in d:
-            cfg.classes = list(d["classes"] or [])
-        if "detectors" in d:
-            cfg.detectors = {k: v if isinstance(v, DetectorSpec) else DetectorSpec(**v)
-                             for k, v in (d["detectors"] or {}).items() if v is not None}
-        if "masks" in d:
-            merged = _default_masks()
-            for k, v in (d["masks"] or {}).items():
-                merged[k] = v if isinstance(v, MaskSpec) else MaskSpec(**v)
-            cfg.masks = merged
-        if "metadata" in d:
-            cfg.metadata = MetadataPolicy(**d["metadata"])
-        if "limits" in d:
-            cfg.limits = Limits(**d["limits"])
-        if "image" in d:
-            cfg.image = ImageSettings(**d["image"])
-        if "video" in d:
-            cfg.video = d["video"] if isinstance(d["video"], VideoSettings) else VideoSettings.from_dict(d["video"])
-        if "audio" in d:
-            cfg.audio = d["audio"] if isinstance(d["audio"], AudioSettings) else AudioSettings.from_dict(d["audio"])
-        if "residual" in d:
-            r = d["residual"]
-            cfg.residual = r if isinstance(r, ResidualSettings) else ResidualSettings(**(r or {}))
-        if "vault" in d:
-            v = d["vault"]
-            cfg.vault = v if isinstance(v, VaultSettings) else VaultSettings(**(v or {}))
-        cfg.__post_init__()
-        return cfg
+    def from_dict(cls, d: dict | None, *, complete: bool = False) -> AnonConfig:
+        """The defaults updated by plain data `d` (see anon_core/schema.py; `complete`: `d` is a whole config)."""
+        return build(cls, d or {}, complete=complete)

@@ -55,6 +55,8 @@ RETRYABLE = {"storage", "internal", "resources"}
 RESULT_KEYS = ("relative_path", "status", "error_code", "media_type", "input_size", "output_size", "frames",
                "duration_s", "seconds")
 TEXT_KEYS = ("relative_path", "status", "error_code", "media_type")
+# conf/job.yaml's own keys; every other key is the anonymization config (anon_core/config.py).
+JOB_KEYS = ("input", "output", "manifest", "include", "exclude", "storage_options", "job")
 MANIFEST_COLUMNS = ["relative_path", "status", "input_sha256", "config_hash", "output_uri", "output_sha256",
                     "output_size", "finished_at", "run_id"]
 
@@ -160,7 +162,7 @@ class AnonymizeActor:
         from anon_core.pipeline import Anonymizer
 
         self.settings = JobSettings(**settings)
-        self.config = AnonConfig.from_dict(config)
+        self.config = AnonConfig.from_dict(config, complete=True)
         self.anonymizer = Anonymizer(self.config)
         self.run_id = run_id
         opts = self.settings.storage_options
@@ -331,8 +333,10 @@ def plan_actors(settings: JobSettings) -> tuple[int, float, float, int]:
 def run_job(cfg: dict) -> dict:
     import ray
 
+    from jobs.config import anon_config
+
     settings = JobSettings.from_cfg(cfg)
-    config = AnonConfig.from_dict({k: v for k, v in cfg.items() if k in AnonConfig.__dataclass_fields__})
+    config = anon_config(cfg, extra_keys=JOB_KEYS)
     from anon_core.runner import new_run_id
 
     run_id = settings.run_id or new_run_id()
@@ -425,13 +429,22 @@ def _hydra_entry():
     import hydra
     from omegaconf import OmegaConf
 
+    from anon_core.schema import SchemaError
+    from jobs.config import register
+
+    register()  # the schema (anon_core/config.py's dataclasses) under conf/
+
     @hydra.main(config_path="../conf", config_name="job", version_base=None)
     def main(cfg) -> None:
         # Run the module's own copy (jobs.anonymize), so Ray pickles AnonymizeActor by reference, not by value.
         from jobs.anonymize import run_job as _run
 
         d = OmegaConf.to_container(cfg, resolve=True)
-        summary = _run(d)
+        try:
+            summary = _run(d)
+        except SchemaError as exc:
+            print(f"anon job: bad configuration: {exc}", file=sys.stderr, flush=True)
+            sys.exit(2)
         print(json.dumps(summary), flush=True)
         if summary["failed"]:
             sys.exit(int(d.get("job", {}).get("fail_exit_code", 1)))

@@ -29,7 +29,12 @@ def cmd_anonymize(args: argparse.Namespace) -> int:
     except Exception as exc:
         print(f"anon: bad configuration: {exc}", file=sys.stderr)
         return 2
-    summary = run(args.input, args.output, config, progress=None if not args.no_progress else False)
+    try:
+        summary = run(args.input, args.output, config, progress=None if not args.no_progress else False)
+    except ValueError as exc:  # a detector or mask that rejects its parameters when the pipeline is built
+        print(f"anon: bad configuration: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
+              file=sys.stderr)
+        return 2
     for r in summary.records:
         if r.status == "failed":
             print(f"FAILED {r.relative_path}: {r.error}", file=sys.stderr)
@@ -37,6 +42,23 @@ def cmd_anonymize(args: argparse.Namespace) -> int:
               "seconds": round(summary.seconds, 2), "output": summary.output, "manifest": summary.manifest}
     print(json.dumps(result))
     return 1 if summary.failed else 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    """The whole configuration after conf/ and the --set items, as YAML (the schema's defaults are in code)."""
+    import yaml
+
+    from anon_core.schema import to_data
+    from jobs.config import load_config
+
+    try:
+        config = load_config(args.set)
+    except Exception as exc:
+        print(f"anon: bad configuration: {exc}", file=sys.stderr)
+        return 2
+    print(f"# config hash {config.hash()}")
+    print(yaml.safe_dump(to_data(config), sort_keys=False), end="")
+    return 0
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -96,6 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (see conf/)")
     a.add_argument("--no-progress", action="store_true")
     a.set_defaults(func=cmd_anonymize)
+    c = sub.add_parser("config", help="print the configuration (defaults + conf/ + --set) as YAML")
+    c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (see conf/)")
+    c.set_defaults(func=cmd_config)
     v = sub.add_parser("validate", help="measure AP, recall, FPR and leak rate on annotated data (MLflow run)")
     v.set_defaults(func=cmd_validate)
     _validate_arguments(v)

@@ -55,7 +55,9 @@ bind the service to 127.0.0.1 or a private network, and pass `--proxy-headers`.
 from __future__ import annotations
 
 import argparse
+import sys
 
+from jobs.argdefaults import Flag, defaults_formatter, given
 from jobs.service.settings import ServiceSettings
 
 __all__ = ["ServiceSettings", "add_arguments", "cmd_serve", "create_app"]
@@ -70,7 +72,14 @@ def create_app(settings: ServiceSettings | None = None):
 
 # -- command line ------------------------------------------------------------------------------------------------
 
+# Flags that set ServiceSettings fields (jobs/service/settings.py holds the defaults; env vars come between).
+FLAGS = {"workers": Flag("workers"), "job_workers": Flag("job_workers"), "job_executor": Flag("job_executor"),
+         "max_body_mb": Flag("max_body_bytes", lambda mb: int(mb * (1 << 20)), lambda b: f"{b / (1 << 20):g}"),
+         "request_timeout_s": Flag("request_timeout_s"), "ws_idle_s": Flag("ws_idle_s"), "tmp_dir": Flag("tmp_dir")}
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.formatter_class = defaults_formatter("jobs.service.settings:ServiceSettings", FLAGS)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8080)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (see conf/)")
@@ -78,13 +87,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="URI prefix jobs may read/write (repeatable; also ANON_ALLOWED_PREFIXES)")
     p.add_argument("--webhook-host", action="append", default=[], help="host[:port] job callbacks may go to")
     p.add_argument("--keys-file", action="append", default=[], help="API keys, one a line (or sha256:<hex>)")
-    p.add_argument("--workers", type=int, default=None, help="anonymization threads (default 2)")
-    p.add_argument("--job-workers", type=int, default=None, help="archive jobs run at once (default 1)")
-    p.add_argument("--job-executor", choices=["local", "ray"], default=None)
-    p.add_argument("--max-body-mb", type=float, default=None, help="upload size limit (default 1024)")
-    p.add_argument("--request-timeout-s", type=float, default=None, help="per-request time limit (default 600)")
-    p.add_argument("--ws-idle-s", type=float, default=None, help="close idle stream connections (default 60)")
-    p.add_argument("--tmp-dir", default=None, help="root of the private per-request temp dirs")
+    p.add_argument("--workers", type=int, help="anonymization threads")
+    p.add_argument("--job-workers", type=int, help="archive jobs run at once")
+    p.add_argument("--job-executor", choices=["local", "ray"], help="where archive jobs run")
+    p.add_argument("--max-body-mb", type=float, help="upload size limit in MiB")
+    p.add_argument("--request-timeout-s", type=float, help="per-request time limit")
+    p.add_argument("--ws-idle-s", type=float, help="close idle stream connections after this many seconds")
+    p.add_argument("--tmp-dir", help="root of the private per-request temp dirs (default: the system's)")
     p.add_argument("--metrics-public", action="store_true", help="serve /metrics without a key")
     p.add_argument("--proxy-headers", action="store_true", help="trust X-Forwarded-* from --forwarded-allow-ips")
     p.add_argument("--forwarded-allow-ips", default="127.0.0.1")
@@ -94,10 +103,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    s = ServiceSettings.from_env(
-        workers=args.workers, job_workers=args.job_workers, job_executor=args.job_executor,
-        request_timeout_s=args.request_timeout_s, ws_idle_s=args.ws_idle_s, tmp_dir=args.tmp_dir,
-        max_body_bytes=int(args.max_body_mb * (1 << 20)) if args.max_body_mb else None)
+    s = ServiceSettings.from_env(**given(args, FLAGS))
     s.config_sets = list(args.set)
     s.allowed_prefixes += args.allow_prefix
     s.webhook_hosts += args.webhook_host
@@ -106,7 +112,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         app = create_app(s)
     except ValueError as exc:
-        print(f"anon serve: {exc}")
+        print(f"anon serve: {exc}", file=sys.stderr)
         return 2
     # WebSocket keepalive pings still go out, but a late pong does not close the stream: with the
     # `queue` backpressure policy the server deliberately stops reading, so pongs wait behind frames.
@@ -117,8 +123,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    import sys
-
     from jobs.cli import main
 
     sys.exit(main(["serve", *sys.argv[1:]]))

@@ -25,46 +25,62 @@ _ROOT = Path(__file__).resolve().parent.parent
 if str(_ROOT) not in sys.path:  # `python jobs/watch.py` (and ray job submit's copy) import the repo beside it
     sys.path.insert(0, str(_ROOT))
 
+from jobs.argdefaults import Flag, defaults_formatter, given  # noqa: E402
+
+# Flags that set WatchSettings fields (anon_core/watch.py): the dataclass holds the defaults.
+FLAGS = {"interval": Flag("interval_s"), "settle": Flag("settle_s"), "max_in_flight": Flag("max_in_flight"),
+         "manifest": Flag("manifest"), "erasure": Flag("erasure"), "erase_guard": Flag("erase_guard"),
+         "source": Flag("source"), "queue": Flag("queue"), "status_file": Flag("status_path"),
+         "batch_rows": Flag("batch_rows"), "flush": Flag("flush_s"), "run_id": Flag("run_id")}
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.formatter_class = defaults_formatter("anon_core.watch:WatchSettings", FLAGS)
     p.add_argument("input", help="folder or fsspec URL prefix to watch")
     p.add_argument("-o", "--output", required=True, help="where outputs go (same relative paths)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (see conf/)")
-    p.add_argument("--interval", type=float, default=2.0, metavar="S", help="seconds between polls (default 2)")
-    p.add_argument("--settle", type=float, default=0.0, metavar="S",
-                   help="an object must also be unchanged this long before it is read (default 0: two equal polls)")
-    p.add_argument("--max-in-flight", type=int, default=2, metavar="N", help="assets processed at once (default 2)")
+    p.add_argument("--interval", type=float, metavar="S", help="seconds between polls")
+    p.add_argument("--settle", type=float, metavar="S",
+                   help="an object must also be unchanged this long before it is read (0: two equal polls)")
+    p.add_argument("--max-in-flight", type=int, metavar="N", help="assets processed at once")
     p.add_argument("--once", action="store_true", help="process what is there once it settles, then exit")
-    p.add_argument("--manifest", default=None, help="manifest root (default OUTPUT/_manifests/watch)")
-    p.add_argument("--erasure", default=None, metavar="URI",
+    p.add_argument("--manifest", help="manifest root (default OUTPUT/_manifests/watch)")
+    p.add_argument("--erasure", metavar="URI",
                    help="erasure request prefix (default INPUT/_erasure; '' disables requests)")
     p.add_argument("--no-erase-on-delete", action="store_true",
                    help="keep outputs when their source object disappears")
-    p.add_argument("--erase-guard", type=float, default=0.5, metavar="F",
+    p.add_argument("--erase-guard", type=float, metavar="F",
                    help="refuse to erase more than this fraction of outputs in one poll (1 disables)")
-    p.add_argument("--source", choices=("poll", "queue"), default="poll")
-    p.add_argument("--queue", default=None, metavar="URI", help="source=queue: folder of JSONL storage events")
-    p.add_argument("--status-file", default=None, metavar="URI")
-    p.add_argument("--batch-rows", type=int, default=256, help="rows per manifest part at most (default 256)")
-    p.add_argument("--flush", type=float, default=5.0, metavar="S", help="rows wait at most this long (default 5)")
+    p.add_argument("--source", choices=("poll", "queue"), help="poll the prefix, or read storage events (--queue)")
+    p.add_argument("--queue", metavar="URI", help="source=queue: folder of JSONL storage events")
+    p.add_argument("--status-file", metavar="URI")
+    p.add_argument("--batch-rows", type=int, help="rows per manifest part at most")
+    p.add_argument("--flush", type=float, metavar="S", help="rows wait at most this long")
     p.add_argument("--storage-options", default=None, metavar="JSON",
                    help='fsspec options for every URI, e.g. \'{"client_kwargs": {"endpoint_url": "http://..."}}\' '
                         "(or ANON_STORAGE_OPTIONS)")
-    p.add_argument("--run-id", default=None)
+    p.add_argument("--run-id")
 
 
 def settings_from_args(args: argparse.Namespace):
+    from anon_core.schema import build
     from anon_core.watch import WatchSettings
 
     raw = args.storage_options or os.environ.get("ANON_STORAGE_OPTIONS") or "{}"
     absolute = (lambda u: u if u is None or "://" in u or u == "" else os.path.abspath(u))  # noqa: E731
-    return WatchSettings(
-        input=absolute(args.input), output=absolute(args.output), manifest=absolute(args.manifest),
-        interval_s=args.interval, settle_s=args.settle, max_in_flight=max(1, args.max_in_flight),
-        batch_rows=max(1, args.batch_rows), flush_s=args.flush, erasure=absolute(args.erasure),
-        erase_on_delete=not args.no_erase_on_delete, erase_guard=args.erase_guard, source=args.source,
-        queue=absolute(args.queue), status_path=absolute(args.status_file), storage_options=json.loads(raw),
-        once=args.once, run_id=args.run_id)
+    values = given(args, FLAGS)
+    for key in ("manifest", "erasure", "queue", "status_path"):
+        if key in values:
+            values[key] = absolute(values[key])
+    for key in ("max_in_flight", "batch_rows"):
+        if key in values:
+            values[key] = max(1, values[key])
+    if args.no_erase_on_delete:
+        values["erase_on_delete"] = False
+    if args.once:
+        values["once"] = True
+    return build(WatchSettings, {"input": absolute(args.input), "output": absolute(args.output),
+                                 "storage_options": json.loads(raw), **values})
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
@@ -75,10 +91,11 @@ def cmd_watch(args: argparse.Namespace) -> int:
     if not logging.getLogger().handlers:
         logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # One onnxruntime pool per worker thread sized to its share of the cores (else N workers x all cores).
-    os.environ.setdefault("ANON_ORT_THREADS", str(max(1, (os.cpu_count() or 1) // max(1, args.max_in_flight))))
     try:
+        settings = settings_from_args(args)
+        os.environ.setdefault("ANON_ORT_THREADS", str(max(1, (os.cpu_count() or 1) // settings.max_in_flight)))
         config = load_config(args.set)
-        watcher = Watcher(settings_from_args(args), config)
+        watcher = Watcher(settings, config)
     except Exception as exc:
         print(f"anon watch: bad configuration: {exc}", file=sys.stderr)
         return 2

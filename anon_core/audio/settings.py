@@ -17,10 +17,16 @@ Defaults (measured with benchmarks/voice_eer.py; see models/voice.md):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal, get_args
 
-METHODS = ("world", "mcadams", "pitch", "none")
-VAD_BACKENDS = ("auto", "silero", "webrtc", "energy", "none")
-SPEAKER_BACKENDS = ("auto", "single", "resemblyzer", "pyannote")
+from anon_core.schema import SchemaError, check_choices
+
+Method = Literal["world", "mcadams", "pitch", "none"]
+VadBackend = Literal["auto", "silero", "webrtc", "energy", "none"]
+SpeakerBackend = Literal["auto", "single", "resemblyzer", "pyannote"]
+METHODS: tuple[str, ...] = get_args(Method)
+VAD_BACKENDS: tuple[str, ...] = get_args(VadBackend)
+SPEAKER_BACKENDS: tuple[str, ...] = get_args(SpeakerBackend)
 
 
 @dataclass
@@ -54,19 +60,19 @@ class AudioSettings:
 
     enabled: bool = True
     anonymize_video_audio: bool = False
-    method: str = "world"
-    vad: str = "auto"
+    method: Method = "world"
+    vad: VadBackend = "auto"
     vad_threshold: float = 0.5
     pad_s: float = 0.2
     min_speech_s: float = 0.1
     min_silence_s: float = 0.3
     nonspeech_gain_db: float = 0.0
-    speakers: str = "auto"
+    speakers: SpeakerBackend = "auto"
     pyannote_model: str = ""
     max_speakers: int = 8
     speaker_threshold: float = 0.35
     key_env: str = "ANON_VOICE_KEY"
-    key_scope: str = "speaker"
+    key_scope: Literal["speaker", "asset"] = "speaker"
     f0_range_hz: list[float] = field(default_factory=lambda: [85.0, 260.0])
     min_shift_semitones: float = 6.0
     formant_range: list[float] = field(default_factory=lambda: [1.2, 1.4])
@@ -76,39 +82,21 @@ class AudioSettings:
     mute_ranges: list[list[float]] = field(default_factory=list)
     mute_ranges_file: str = ""
     mute_words: list[str] = field(default_factory=list)
-    mute_mode: str = "silence"
+    mute_mode: Literal["silence", "beep"] = "silence"
     beep_hz: float = 1000.0
     bit_rate: int = 0
     max_duration_s: float = 4 * 3600.0
 
     def __post_init__(self) -> None:
-        # Hydra/--set hand us plain lists (or tuples); normalise and validate once here.
-        self.f0_range_hz = [float(v) for v in self.f0_range_hz]
-        self.formant_range = [float(v) for v in self.formant_range]
-        self.mcadams_range = [float(v) for v in self.mcadams_range]
-        self.mute_ranges = [[float(a), float(b)] for a, b in (self.mute_ranges or [])]
-        self.mute_words = [str(w) for w in (self.mute_words or [])]
-        if self.method not in METHODS:
-            raise ValueError(f"audio.method must be one of {METHODS}, got {self.method!r}")
-        if self.vad not in VAD_BACKENDS:
-            raise ValueError(f"audio.vad must be one of {VAD_BACKENDS}, got {self.vad!r}")
-        if self.speakers not in SPEAKER_BACKENDS:
-            raise ValueError(f"audio.speakers must be one of {SPEAKER_BACKENDS}, got {self.speakers!r}")
-        if self.key_scope not in ("speaker", "asset"):
-            raise ValueError("audio.key_scope must be speaker or asset")
-        if self.mute_mode not in ("silence", "beep"):
-            raise ValueError("audio.mute_mode must be silence or beep")
+        check_choices(self)
         for name in ("f0_range_hz", "formant_range", "mcadams_range"):
             lo_hi = getattr(self, name)
             if len(lo_hi) != 2 or lo_hi[0] <= 0 or lo_hi[1] < lo_hi[0]:
-                raise ValueError(f"audio.{name} must be [low, high] with 0 < low <= high")
-        for a, b in self.mute_ranges:
-            if b < a or a < 0:
-                raise ValueError(f"audio.mute_ranges: bad range [{a}, {b}]")
-
-    @classmethod
-    def from_dict(cls, d: dict | None) -> AudioSettings:
-        return cls(**dict(d or {}))
+                raise SchemaError(name, f"must be [low, high] with 0 < low <= high; got {list(lo_hi)}")
+        for i, rng in enumerate(self.mute_ranges):
+            if len(rng) != 2 or rng[1] < rng[0] or rng[0] < 0:
+                raise SchemaError(f"mute_ranges[{i}]",
+                                  f"bad range {list(rng)}: want [start_s, end_s], 0 <= start <= end")
 
     def public_params(self) -> dict:
         """The parameters that go into the audit (everything that shapes the output; never the key)."""

@@ -33,10 +33,15 @@ def register_detector(name: str) -> Callable[[Callable[..., Detector]], Callable
     return wrap
 
 
-def create_detector(name: str, **params) -> Detector:
+def detector_factory(name: str) -> Callable[..., Detector]:
+    """The registered factory; its signature (or its return class's constructor) declares the parameters."""
     if name not in _REGISTRY:
         raise ValueError(f"unknown detector {name!r}; known: {sorted(_REGISTRY)}")
-    return _REGISTRY[name](**params)
+    return _REGISTRY[name]
+
+
+def create_detector(name: str, **params) -> Detector:
+    return detector_factory(name)(**params)
 
 
 def available_detectors() -> list[str]:

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any, Literal, get_args
 
 import cv2
 import numpy as np
 
 from anon_core.boxes import scale_about_centre
 from anon_core.detections import Detections
-from anon_core.masking.base import MaskOperator, Region, create_operator, require
+from anon_core.masking.base import MaskOperator, Region, create_operator, operator_factory
+from anon_core.schema import SchemaError, check_choices, check_params
 
-SHAPES = ("ellipse", "box", "silhouette")
+Shape = Literal["ellipse", "box", "silhouette"]
+SHAPES: tuple[str, ...] = get_args(Shape)
 
 
 @dataclass
@@ -19,13 +22,26 @@ class MaskSpec:
     """How one class is masked: operator, its parameters, region shape and scale."""
 
     operator: str = "blur"
-    shape: str = "ellipse"
+    shape: Shape = "ellipse"
     scale: float = 1.3  # boxes hug the face; 1.3 covers hair line, ears and chin
-    params: dict = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # A bad mask is a configuration error, reported when the config is built (not mid-run).
+        check_choices(self)
+        if not 0.5 <= float(self.scale) <= 4.0:
+            raise SchemaError("scale", f"must be in [0.5, 4]; got {self.scale!r}")
+        try:
+            factory = operator_factory(self.operator)
+        except ValueError as exc:
+            raise SchemaError("operator", str(exc)) from None
+        check_params(self.params, factory, f"mask operator {self.operator!r}")
+        try:
+            factory(**self.params)  # operators are cheap to build and check their own values
+        except (TypeError, ValueError) as exc:
+            raise SchemaError("params", str(exc)) from None
 
     def build(self) -> MaskOperator:
-        require(self.shape in SHAPES, f"mask.shape must be one of {SHAPES}")
-        require(0.5 <= float(self.scale) <= 4.0, "mask.scale must be in [0.5, 4]")
         return create_operator(self.operator, **self.params)
 
 

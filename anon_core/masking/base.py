@@ -43,10 +43,15 @@ def register_operator(name: str):
     return wrap
 
 
-def create_operator(name: str, **params) -> MaskOperator:
+def operator_factory(name: str) -> Callable[..., MaskOperator]:
+    """The registered operator class; its constructor declares the parameters."""
     if name not in _OPERATORS:
         raise ValueError(f"unknown mask operator {name!r}; known: {sorted(_OPERATORS)}")
-    return _OPERATORS[name](**params)
+    return _OPERATORS[name]
+
+
+def create_operator(name: str, **params) -> MaskOperator:
+    return operator_factory(name)(**params)
 
 
 def available_operators() -> list[str]:

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from anon_core.schema import SchemaError
+
 
 @dataclass
 class EncoderSettings:
@@ -96,25 +98,9 @@ class VideoSettings:
     strict_frame_count: bool = True
 
     def __post_init__(self) -> None:
-        # from_dict hands us plain dicts/lists; normalise them
-        self.encoders = {
-            k: v if isinstance(v, EncoderSettings) else EncoderSettings(**v) for k, v in self.encoders.items()
-        }
-        for name in ("allowed_stream_kinds", "allowed_container_tags", "allowed_stream_tags"):
-            setattr(self, name, tuple(getattr(self, name) or ()))
-        if self.batch_size < 1 or self.detect_every_k < 1 or self.queue_batches < 1:
-            raise ValueError("batch_size, detect_every_k and queue_batches must be >= 1")
-
-    @classmethod
-    def from_dict(cls, d: dict | None) -> VideoSettings:
-        d = dict(d or {})
-        if "encoders" in d:
-            merged = _default_encoders()
-            for k, v in (d["encoders"] or {}).items():
-                base = merged.get(k, EncoderSettings())
-                merged[k] = v if isinstance(v, EncoderSettings) else EncoderSettings(**{**vars(base), **v})
-            d["encoders"] = merged
-        return cls(**d)
+        for name in ("batch_size", "detect_every_k", "queue_batches"):
+            if getattr(self, name) < 1:
+                raise SchemaError(name, f"must be >= 1; got {getattr(self, name)!r}")
 
     def encoder_for(self, family: str) -> EncoderSettings:
         return self.encoders.get(family) or self.encoders["mp4"]

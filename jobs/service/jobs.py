@@ -94,11 +94,9 @@ class RayExecutor:
         self.script = str(Path(__file__).resolve().parent.parent / "anonymize.py")
 
     def __call__(self, job: Job, progress: Progress) -> dict:
-        from jobs.config import to_overrides
-
         # URIs passed UriPolicy's charset check (no quotes), so single-quoting keeps them one Hydra value.
         cmd = [sys.executable, self.script, f"input='{job.spec.input}'", f"output='{job.spec.output}'",
-               *to_overrides(job.spec.config_sets + [f"policy={job.spec.policy}"]), "job.progress=false", *self.extra]
+               *job.spec.config_sets, f"policy={job.spec.policy}", "job.progress=false", *self.extra]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=self.timeout_s, check=False)
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
         if not lines:
