@@ -27,7 +27,7 @@ if str(_ROOT) not in sys.path:  # `python jobs/watch.py` (and ray job submit's c
 
 from jobs.argdefaults import Flag, defaults_formatter, given  # noqa: E402
 
-# Flags that set WatchSettings fields (anon_core/watch.py): the dataclass holds the defaults.
+# Flags that set WatchSettings fields (anon_core/watch/settings.py): the dataclass holds the defaults.
 FLAGS = {"interval": Flag("interval_s"), "settle": Flag("settle_s"), "max_in_flight": Flag("max_in_flight"),
          "manifest": Flag("manifest"), "erasure": Flag("erasure"), "erase_guard": Flag("erase_guard"),
          "source": Flag("source"), "queue": Flag("queue"), "status_file": Flag("status_path"),
@@ -35,7 +35,7 @@ FLAGS = {"interval": Flag("interval_s"), "settle": Flag("settle_s"), "max_in_fli
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.formatter_class = defaults_formatter("anon_core.watch:WatchSettings", FLAGS)
+    p.formatter_class = defaults_formatter("anon_core.watch.settings:WatchSettings", FLAGS)
     p.add_argument("input", help="folder or fsspec URL prefix to watch")
     p.add_argument("-o", "--output", required=True, help="where outputs go (same relative paths)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (see conf/)")
@@ -64,7 +64,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def settings_from_args(args: argparse.Namespace):
     from anon_core.schema import build
-    from anon_core.watch import WatchSettings
+    from anon_core.watch.settings import WatchSettings
 
     raw = args.storage_options or os.environ.get("ANON_STORAGE_OPTIONS") or "{}"
     absolute = (lambda u: u if u is None or "://" in u or u == "" else os.path.abspath(u))  # noqa: E731
