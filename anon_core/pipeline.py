@@ -172,16 +172,17 @@ class Anonymizer:
         rec.metadata_removed = dec.removed
         return encoded
 
-    def process_stream(self, fs, path: str, media: MediaType, rec: AuditRecord, workdir: str, recorder=None
-                       ) -> str | None:
+    def process_stream(self, fs, path: str, media: MediaType, rec: AuditRecord, workdir: str, recorder=None,
+                       deadline: Deadline | None = None) -> str | None:
         """Anonymize a video or audio asset streamed from storage into a file in the private workdir.
 
-        Returns the local output path, or None when the asset failed (the record says why).
+        Returns the local output path, or None when the asset failed (the record says why). `deadline`: a
+        caller's own (cancellable) limit instead of limits.asset_timeout_s.
         """
         self.stamp(rec)
         rec.media_type, rec.format = media.kind, media.format
         t0 = time.perf_counter()
-        deadline = Deadline(self.config.limits.asset_timeout_s)
+        deadline = deadline or Deadline(self.config.limits.asset_timeout_s)
         out_path = os.path.join(workdir, "output" + os.path.splitext(path)[1].lower())
         try:
             with timed(rec.timings_ms, "hash"):
@@ -217,13 +218,14 @@ class Anonymizer:
         rec.output_sha256, rec.output_size = _hash_file(out_path)
         return out_path
 
-    def process_bytes(self, data: bytes, rec: AuditRecord, recorder=None) -> bytes | None:
+    def process_bytes(self, data: bytes, rec: AuditRecord, recorder=None, deadline: Deadline | None = None
+                      ) -> bytes | None:
         """Anonymize one in-memory asset; on failure the record says why and nothing is returned."""
         self.stamp(rec)
         rec.input_sha256 = sha256_bytes(data)
         rec.input_size = len(data)
         t0 = time.perf_counter()
-        deadline = Deadline(self.config.limits.asset_timeout_s)
+        deadline = deadline or Deadline(self.config.limits.asset_timeout_s)
         try:
             if len(data) > self.config.limits.max_bytes:
                 raise AssetError(f"file is {len(data)} bytes: above the limit of {self.config.limits.max_bytes}")

@@ -45,11 +45,16 @@ class RunSummary:
 
 def run(input_uri: str, output_uri: str, config: AnonConfig | None = None, run_id: str | None = None,
         progress: bool | None = None, on_record: Callable[[AuditRecord], None] | None = None,
-        storage_options: dict | None = None) -> RunSummary:
+        storage_options: dict | None = None, filesystems: tuple | None = None) -> RunSummary:
+    """`filesystems`: ((in_fs, in_root), (out_fs, out_root)) chosen by the caller (the service passes
+    confined ones); by default both come from the URIs."""
     config = config or AnonConfig()
     run_id = run_id or new_run_id()
-    in_fs, in_root = filesystem(input_uri, **(storage_options or {}))
-    out_fs, out_root = filesystem(output_uri, **(storage_options or {}))
+    if filesystems is not None:
+        (in_fs, in_root), (out_fs, out_root) = filesystems
+    else:
+        in_fs, in_root = filesystem(input_uri, **(storage_options or {}))
+        out_fs, out_root = filesystem(output_uri, **(storage_options or {}))
     anonymizer = Anonymizer(config)
     items = list_inputs(in_fs, in_root)
     manifest = join(out_root, f"_manifests/{run_id}.parquet")

@@ -79,7 +79,8 @@ def _publish(fs: fsspec.AbstractFileSystem, path: str, fill_local, upload) -> No
     if not is_local(fs):
         upload()
         return
-    tmp = os.path.join(parent, f".{os.path.basename(path)}.{uuid.uuid4().hex}.partial")
+    # A short fixed-length temp name: the final name may be up to the file system's 255 bytes itself.
+    tmp = os.path.join(parent, f".anon-{uuid.uuid4().hex[:16]}.partial")
     try:
         fill_local(tmp)
         with open(tmp, "rb+") as fh:

@@ -5,7 +5,7 @@ through `anon_core.runner.run` (or the Ray Data job), stream frames through `Ano
 core's `MaskScheduler`.
 
     ANON_API_KEYS=key1,key2 anon serve --host 127.0.0.1 --port 8080 --set policy=faces \\
-        --allow-prefix s3://archive/in/ --allow-prefix s3://archive/out/
+        --read-prefix s3://archive/in/ --write-prefix s3://archive/out/
 
 HTTP API (every route except /healthz, /docs, /openapi.json needs `Authorization: Bearer <key>`; /metrics too
 unless `--metrics-public`):
@@ -15,13 +15,20 @@ unless `--metrics-public`):
   never held whole (images are read once for decoding). 200: the anonymized bytes (same format), audit summary as
   compact JSON in the `X-Anon-Audit` header; `audit=full` answers `multipart/mixed`: a JSON part with the full
   audit record, then the media part. 413 above the size limit, 422 unsupported/corrupt media (JSON `detail` is
-  the one-line error; nothing else is returned: fail closed), 503 when all workers are busy, 504 past the
-  duration limit. The temp dir is deleted after the request, on errors and on client disconnects too.
+  the one-line error, without server paths or hosts; nothing else is returned: fail closed), 408 when the body
+  stalls or trickles below the minimum rate, 429 when the key has too many requests in progress, 503 when all
+  request slots or workers are busy (work abandoned after a 504 counts until it has stopped), 504 past the
+  duration limit (the work is cancelled too). Image pixel counts are checked from the header before decoding.
+  The temp dir is deleted after the request, on errors and on client disconnects too.
 - `POST /v1/jobs` `{"input": URI, "output": URI, "policy": "faces", "callback_url": "https://..."}` -> 202 with
-  the job; URIs must lie under an allowed prefix (`--allow-prefix`, `ANON_ALLOWED_PREFIXES`), else 403; no
-  http(s), no `::` chaining, no `..`, no `file://` unless a `file://` prefix was configured; callbacks only to
-  `ANON_WEBHOOK_HOSTS`. Jobs run in a bounded pool (`--job-workers`, 429 when the queue is full) with the local
-  runner or, with `--job-executor ray`, the Ray Data job as a child process.
+  the job; `input` must lie under a read prefix (`--read-prefix`, `ANON_READ_PREFIXES`; the older
+  `--allow-prefix`/`ANON_ALLOWED_PREFIXES` count as read prefixes) and `output` under a write prefix
+  (`--write-prefix`, `ANON_WRITE_PREFIXES`), else 403; read and write prefixes may not overlap (checked at
+  start-up), so originals are never overwritten. No http(s), no `::` chaining, no `..`, no `file://` unless a
+  `file://` prefix was configured; local jobs never follow a symlink below a prefix (checked when listing and
+  again at every open); callbacks only to `ANON_WEBHOOK_HOSTS`. Jobs run in a bounded pool (`--job-workers`,
+  429 when the queue or the key's share of it is full) with the local runner or, with `--job-executor ray`,
+  the Ray Data job as a child process.
 - `GET /v1/jobs/{id}` - status (queued|running|done|failed), asset counts, run id, manifest path. Only the key
   that submitted a job can see it.
 - `GET /healthz` (open), `GET /metrics` (Prometheus text), `GET /docs` + `/openapi.json` (FastAPI).
@@ -43,8 +50,12 @@ this long after a face is lost; default the video settings' value), `quality` (J
   "dropped", "errors", "latency_ms": {"p50", "p95", "max", "mean"}, "process_ms": {...}, ...}`. Latency is measured
   server-side from receiving a frame to having sent its result (queueing included).
 
-Backpressure: `queue` stops reading the socket while `queue` frames are pending (TCP pushes back on the client;
-nothing is lost); `drop` keeps reading and discards the oldest pending frames, reporting them. Tracking state
+Backpressure: `queue` keeps reading (pings and control messages are answered) until `queue` frames or
+`ws_read_ahead_bytes` of frames are pending, then stops reading the socket (TCP pushes back on the client;
+nothing is lost); `drop` keeps reading and discards the oldest pending frames, reporting them. Each frame's
+size is read from its JPEG header before decoding: frames above `ws_max_frame_pixels`, or whose decoded size
+times the frames held for look-ahead exceeds `ws_decoded_budget_bytes`, get an error message and are not
+decoded. Tracking state
 (tracks, trail fill) lives per connection and restarts when the frame size changes. Idle connections close after
 `--ws-idle-s` seconds.
 
@@ -83,8 +94,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8080)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (see conf/)")
+    p.add_argument("--read-prefix", action="append", default=[], metavar="URI",
+                   help="URI prefix job inputs may come from (repeatable; also ANON_READ_PREFIXES)")
+    p.add_argument("--write-prefix", action="append", default=[], metavar="URI",
+                   help="URI prefix job outputs may go to, disjoint from the read prefixes (ANON_WRITE_PREFIXES)")
     p.add_argument("--allow-prefix", action="append", default=[], metavar="URI",
-                   help="URI prefix jobs may read/write (repeatable; also ANON_ALLOWED_PREFIXES)")
+                   help="older name of --read-prefix (read-only)")
     p.add_argument("--webhook-host", action="append", default=[], help="host[:port] job callbacks may go to")
     p.add_argument("--keys-file", action="append", default=[], help="API keys, one a line (or sha256:<hex>)")
     p.add_argument("--workers", type=int, help="anonymization threads")
@@ -106,6 +121,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     s = ServiceSettings.from_env(**given(args, FLAGS))
     s.config_sets = list(args.set)
     s.allowed_prefixes += args.allow_prefix
+    s.read_prefixes += args.read_prefix
+    s.write_prefixes += args.write_prefix
     s.webhook_hosts += args.webhook_host
     s.api_key_files += args.keys_file
     s.metrics_public = s.metrics_public or args.metrics_public
@@ -114,11 +131,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"anon serve: {exc}", file=sys.stderr)
         return 2
-    # WebSocket keepalive pings still go out, but a late pong does not close the stream: with the
-    # `queue` backpressure policy the server deliberately stops reading, so pongs wait behind frames.
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, server_header=False,
-                ws_max_size=s.ws_max_frame_bytes + 8, proxy_headers=args.proxy_headers,
-                forwarded_allow_ips=args.forwarded_allow_ips, timeout_keep_alive=5, ws_ping_timeout=None)
+    from jobs.service.server import uvicorn_config
+
+    config = uvicorn_config(app, s, host=args.host, port=args.port, log_level=args.log_level,
+                            proxy_headers=args.proxy_headers, forwarded_allow_ips=args.forwarded_allow_ips)
+    uvicorn.Server(config).run()
     return 0
 
 

@@ -53,15 +53,17 @@ def server(tmp_path_factory):
     jobs_root.mkdir()
     settings = ServiceSettings(
         api_keys=[KEY, OTHER_KEY], config_sets=["policy=faces"], tmp_dir=str(root / "tmp"),
-        allowed_prefixes=[f"file://{jobs_root}/", "s3://allowed-bucket/in/"], max_body_bytes=8 << 20,
+        read_prefixes=[f"file://{jobs_root}/in", f"file://{jobs_root}/in-hook", "s3://allowed-bucket/in/"],
+        write_prefixes=[f"file://{jobs_root}/out", f"file://{jobs_root}/out-hook"], max_body_bytes=8 << 20,
         workers=2, ws_idle_s=30, request_timeout_s=120, webhook_hosts=["127.0.0.1"])
     app = create_app(settings)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))  # a free port, held from here on (no race with other tests)
     port = sock.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(app, log_level="warning", ws_max_size=16 << 20,
-                                                ws_ping_timeout=None))
+    from jobs.service.server import uvicorn_config
+
+    srv = uvicorn.Server(uvicorn_config(app, settings, log_level="warning"))
     th = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
     th.start()
     deadline = time.monotonic() + 180  # includes loading the face detector
@@ -189,10 +191,10 @@ def test_video_upload_streams_back(client, server, tmp_path):
 ])
 def test_uri_escapes_are_refused(client, server, uri):
     uri = uri.replace("JOBS", str(server.jobs_root))
-    ok_out = f"file://{server.jobs_root}/out-refused"
+    ok_out = f"file://{server.jobs_root}/out/refused"
     r = client.post("/v1/jobs", json={"input": uri, "output": ok_out}, headers=AUTH)
     assert r.status_code == 403, (uri, r.text)
-    r = client.post("/v1/jobs", json={"input": f"file://{server.jobs_root}/in-x", "output": uri}, headers=AUTH)
+    r = client.post("/v1/jobs", json={"input": f"file://{server.jobs_root}/in/x", "output": uri}, headers=AUTH)
     assert r.status_code == 403, (uri, r.text)
 
 

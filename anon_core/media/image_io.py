@@ -56,8 +56,11 @@ def decode(data: bytes, fmt: str, max_pixels: int, max_side: int) -> DecodedImag
             w, h = im.size
             if w * h > max_pixels or max(w, h) > max_side:
                 raise TooLarge(f"image is {w}x{h}: above the limit of {max_pixels} pixels / {max_side} px per side")
-            if getattr(im, "n_frames", 1) > 1 and fmt != "tiff":
-                raise UnsupportedMedia("animated images are not supported")
+            pages = getattr(im, "n_frames", 1)
+            if pages > 1:
+                # Only one frame would be anonymized and written: refuse rather than drop pages silently.
+                what = f"multi-page TIFF ({pages} pages)" if fmt == "tiff" else f"animated {fmt} ({pages} frames)"
+                raise UnsupportedMedia(f"{what}: only single-page images are anonymized")
             im.load()
     except (TooLarge, UnsupportedMedia):
         raise

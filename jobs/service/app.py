@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import os
 import threading
 import time
@@ -25,13 +26,26 @@ from starlette.requests import ClientDisconnect
 
 from anon_core.audit import AuditRecord
 from anon_core.config import POLICIES
+from anon_core.deadline import Deadline
 from anon_core.media.probe import sniff
+from jobs.service.admission import Admission
+from jobs.service.errors import public_audit, public_message
+from jobs.service.guard import GuardMiddleware
 from jobs.service.jobs import JobManager, JobSpec, LocalExecutor, QueueFull, RayExecutor, post_webhook
 from jobs.service.metrics import Metrics, MetricsMiddleware
-from jobs.service.security import KeyStore, UriPolicy, UriRefused, bearer_token, check_webhook
+from jobs.service.security import JobUris, KeyStore, UriRefused, bearer_token, check_webhook, overlaps
 from jobs.service.settings import ServiceSettings
-from jobs.service.stream import FrameWorker, StreamOptions, run_stream
-from jobs.service.uploads import BadUpload, BodyTooLarge, private_workdir, receive_body, remove_workdir
+from jobs.service.stream import FrameWorker, StreamLimits, StreamOptions, run_stream
+from jobs.service.uploads import (
+    BadUpload,
+    BodyStalled,
+    BodyTooLarge,
+    Pace,
+    private_workdir,
+    receive_body,
+    remove_stale_workdirs,
+    remove_workdir,
+)
 
 log = logging.getLogger("anon.service")
 
@@ -49,8 +63,9 @@ class Engines:
     """One loaded Anonymizer (and config) per policy, created on first use; detectors are shared by threads
     (onnxruntime sessions are thread-safe and the detectors keep no per-call state)."""
 
-    def __init__(self, config_sets: list[str]) -> None:
+    def __init__(self, config_sets: list[str], max_pixels: int | None = None) -> None:
         self.sets = list(config_sets)
+        self.max_pixels = max_pixels
         self._configs: dict[str, Any] = {}
         self._anonymizers: dict[str, Any] = {}
         self._lock = threading.Lock()  # Hydra's compose uses global state
@@ -63,7 +78,10 @@ class Engines:
 
             with self._lock:
                 if key not in self._configs:
-                    self._configs[key] = load_config(self.sets + ([f"policy={policy}"] if policy else []))
+                    cfg = load_config(self.sets + ([f"policy={policy}"] if policy else []))
+                    if self.max_pixels:  # the service's decoded-size budget, checked from headers before decoding
+                        cfg.limits.max_pixels = min(cfg.limits.max_pixels, self.max_pixels)
+                    self._configs[key] = cfg
         return self._configs[key]
 
     def get(self, policy: str):
@@ -136,10 +154,18 @@ def create_app(settings: ServiceSettings | None = None):
     s.api_keys = []  # only the digests stay in memory
     if not len(keys):
         raise ValueError("no API keys: set ANON_API_KEYS (comma separated) or ANON_API_KEYS_FILE")
-    uris = UriPolicy(s.allowed_prefixes)
-    engines = Engines(s.config_sets)
+    if s.allowed_prefixes:
+        log.warning("allowed_prefixes / --allow-prefix are read-only now; outputs need --write-prefix")
+    uris = JobUris(list(s.allowed_prefixes) + list(s.read_prefixes), s.write_prefixes)  # ValueError: overlap
+    engines = Engines(s.config_sets, s.max_image_pixels)
     metrics = Metrics()
     pool = ThreadPoolExecutor(max_workers=max(1, s.workers), thread_name_prefix="anon-work")
+    admission = Admission(s.max_pending, s.max_pending_per_key, s.max_work_queued)
+    metrics.work_busy.set_function(lambda: admission.work)
+    ws_open: dict[str, int] = {}
+    denied = _RateLimitedLog(60.0)
+    if s.tmp_dir:
+        remove_stale_workdirs(s.tmp_dir)  # a killed predecessor may have left request dirs behind
 
     def on_job_finish(job) -> None:
         metrics.jobs.labels(job.status).inc()
@@ -149,20 +175,23 @@ def create_app(settings: ServiceSettings | None = None):
     if s.job_executor == "ray":
         executor = RayExecutor()
     else:
-        executor = LocalExecutor(engines.config, s.storage_options)
-    jobs = JobManager(executor, workers=s.job_workers, max_queued=s.max_jobs_queued, on_finish=on_job_finish)
-    state = {"pending": 0}
+        executor = LocalExecutor(engines.config, s.storage_options, read_roots=uris.read.local_roots(),
+                                 write_roots=uris.write.local_roots())
+    jobs = JobManager(executor, workers=s.job_workers, max_queued=s.max_jobs_queued, on_finish=on_job_finish,
+                      max_per_owner=s.max_jobs_per_key)
 
     @asynccontextmanager
     async def lifespan(app):
         if s.preload:  # first request should not pay for model loading
-            await asyncio.get_running_loop().run_in_executor(pool, engines.get, engines.default_policy)
+            await asyncio.get_running_loop().run_in_executor(None, engines.get, engines.default_policy)
         yield
         jobs.shutdown()
         pool.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(title="anon", version="0.1.0", lifespan=lifespan,
                   description="Anonymization of images, video and audio (faces, plates, persons, voices, metadata).")
+    app.add_middleware(GuardMiddleware, check_key=lambda h: keys.check(bearer_token(h)), idle_s=s.upload_idle_s,
+                       open_paths={"/metrics"} if s.metrics_public else set())
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.state.settings, app.state.engines, app.state.jobs = s, engines, jobs
     bearer = HTTPBearer(auto_error=False, description="API key")
@@ -200,14 +229,22 @@ def create_app(settings: ServiceSettings | None = None):
 
     @app.post("/v1/anonymize", tags=["anonymize"], response_class=Response, openapi_extra=upload_body,
               responses={200: {"content": media_out, "description": "the anonymized media; audit in X-Anon-Audit"},
-                         **auth_errors, 400: err, 408: err, 413: err, 422: err, 500: err, 503: err, 504: err})
+                         **auth_errors, 400: err, 408: err, 413: err, 422: err, 429: err, 500: err, 503: err, 504: err})
     async def anonymize(request: Request, ident: str = Depends(require_key), policy: Policy | None = None,
                         audit: Literal["header", "full"] = "header") -> Response:
         """Anonymize one image, video or audio file (raw body or multipart part `file`)."""
-        if state["pending"] >= s.max_pending:
-            raise HTTPException(503, "all workers are busy", headers={"Retry-After": "5"})
-        state["pending"] += 1
-        deadline = time.monotonic() + s.request_timeout_s
+        refused = admission.enter(ident)
+        if refused == 503:
+            raise HTTPException(503, "all request slots are busy", headers={"Retry-After": "5"})
+        if refused == 429:
+            raise HTTPException(429, "this key has too many requests in progress", headers={"Retry-After": "5"})
+        try:
+            return await _anonymize(request, ident, policy, audit)
+        finally:
+            admission.leave(ident)
+
+    async def _anonymize(request: Request, ident: str, policy: Policy | None, audit: str) -> Response:
+        deadline_at = time.monotonic() + s.request_timeout_s
         workdir = private_workdir(s.tmp_dir)
         handed_off = False
         pol = policy.value if policy else engines.default_policy
@@ -215,12 +252,15 @@ def create_app(settings: ServiceSettings | None = None):
         try:
             upload = os.path.join(workdir, "upload")
             limit = min(s.max_body_bytes, engines.config(pol).limits.max_bytes)
+            pace = Pace(s.upload_idle_s, s.upload_min_bytes_s, s.upload_grace_s)
             try:
-                size = await asyncio.wait_for(receive_body(request, upload, limit), s.request_timeout_s)
+                size = await asyncio.wait_for(receive_body(request, upload, limit, pace), s.request_timeout_s)
             except BodyTooLarge as exc:
                 return _error(413, str(exc), "too_large")
             except BadUpload as exc:
                 return _error(422, str(exc), "bad_upload")
+            except BodyStalled as exc:
+                return _error(408, str(exc), "timeout")
             except TimeoutError:
                 return _error(408, "upload took longer than the request time limit", "timeout")
             except ClientDisconnect:
@@ -232,21 +272,34 @@ def create_app(settings: ServiceSettings | None = None):
                 return _error(413, f"image is {size} bytes: above the limit of {s.max_image_bytes}", "too_large")
             path = os.path.join(workdir, "input" + EXT.get(media.format, "." + media.format))
             os.replace(upload, path)
-            try:
-                anonymizer = await loop.run_in_executor(pool, engines.get, pol)
+            try:  # not on the work pool: loading must not queue behind (possibly abandoned) work
+                anonymizer = await loop.run_in_executor(None, engines.get, pol)
             except Exception as exc:  # e.g. a policy whose models are not installed on this server
                 log.exception("policy %s cannot be loaded", pol)
-                return _error(503, f"policy {pol!r} is not available: {type(exc).__name__}: {exc}", "unavailable")
-            fut = pool.submit(_process, anonymizer, fsspec.filesystem("file"), path, media, workdir, rec)
+                return _error(503, f"policy {pol!r} is not available: {type(exc).__name__}", "unavailable")
+            if not admission.take_work():
+                return _error(503, "all workers are busy", "busy", headers={"Retry-After": "5"})
+            # The work gets a deadline of its own that the request cancels when it gives up: the thread stops
+            # at its next check (per packet for video) instead of running on after the 504.
+            work_deadline = Deadline.within(max(0.1, deadline_at - time.monotonic()),
+                                            anonymizer.config.limits.asset_timeout_s)
+            fut = pool.submit(_process, anonymizer, fsspec.filesystem("file"), path, media, workdir, rec,
+                              work_deadline)
+            fut.add_done_callback(admission.release_work)
             try:
-                kind, out = await asyncio.wait_for(asyncio.wrap_future(fut), max(0.1, deadline - time.monotonic()))
+                kind, out = await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(fut)),
+                                                   max(0.1, deadline_at - time.monotonic()))
             except TimeoutError:
-                fut.add_done_callback(lambda _f: remove_workdir(workdir))  # the thread still owns the dir
-                handed_off = True
+                work_deadline.cancel()
+                if not fut.cancel():  # already running: the thread still owns the dir until it stops
+                    fut.add_done_callback(lambda _f: remove_workdir(workdir))
+                    handed_off = True
                 return _error(504, "processing took longer than the request time limit", "timeout")
             metrics.assets.labels("request", rec.media_type, rec.status).inc()
             if out is None:
                 status = ERROR_STATUS.get(rec.error_code or "", 500)
+                if rec.error_code == "timeout":
+                    status = 504
                 return _error(status, rec.error or "failed", rec.error_code, compact_audit(rec))
             headers = {"X-Anon-Audit": _header_json(compact_audit(rec)), "Cache-Control": "no-store"}
             mime = MIME.get(rec.format or "", "application/octet-stream")
@@ -264,7 +317,6 @@ def create_app(settings: ServiceSettings | None = None):
                 return _mixed(rec, mime, _iter_file(fh), headers)
             return StreamingResponse(_iter_file(fh), media_type=mime, headers=headers)
         finally:
-            state["pending"] -= 1
             if not handed_off:
                 remove_workdir(workdir)
 
@@ -273,8 +325,7 @@ def create_app(settings: ServiceSettings | None = None):
     def submit_job(req: JobRequest, ident: str = Depends(require_key)) -> dict:
         """Start an archive job over `input` writing to `output` (both under the allowed prefixes)."""
         try:
-            uris.check(req.input)
-            uris.check(req.output)
+            uris.check(req.input, req.output)
             if req.callback_url:
                 check_webhook(req.callback_url, s.webhook_hosts)
         except UriRefused as exc:
@@ -297,8 +348,14 @@ def create_app(settings: ServiceSettings | None = None):
 
     @app.websocket("/v1/stream")
     async def stream(ws: WebSocket) -> None:
-        if keys.check(bearer_token(ws.headers.get("authorization"))) is None:
+        ident = keys.check(bearer_token(ws.headers.get("authorization")))
+        if ident is None:
+            denied.warn(log, "stream handshakes refused for a missing or invalid API key")
             await _deny(ws, 401, "missing or invalid API key")
+            return
+        if ws_open.get(ident, 0) >= s.ws_max_per_key:
+            denied.warn(log, "stream handshakes refused: a key's connection limit was reached")
+            await _deny(ws, 429, "this key has too many open stream connections")
             return
         try:
             opts = _stream_options(ws.query_params, engines.default_policy, s.ws_max_queue)
@@ -306,22 +363,31 @@ def create_app(settings: ServiceSettings | None = None):
             await _deny(ws, 400, str(exc))
             return
         try:
-            anonymizer = await asyncio.get_running_loop().run_in_executor(pool, engines.get, opts.policy)
+            anonymizer = await asyncio.get_running_loop().run_in_executor(None, engines.get, opts.policy)
         except Exception as exc:
             log.exception("policy %s cannot be loaded", opts.policy)
             await _deny(ws, 503, f"policy {opts.policy!r} is not available: {type(exc).__name__}")
             return
         worker = FrameWorker(anonymizer, opts, anonymizer.config.limits.max_pixels)
-        await ws.accept()
-        metrics.ws_connections.inc()
+        limits = StreamLimits(max_pixels=min(s.ws_max_frame_pixels, anonymizer.config.limits.max_pixels),
+                              decoded_budget_bytes=s.ws_decoded_budget_bytes, read_ahead_bytes=s.ws_read_ahead_bytes)
+        ws_open[ident] = ws_open.get(ident, 0) + 1
         try:
-            await run_stream(ws, worker, opts, pool, metrics, s.ws_idle_s)
+            await ws.accept()
+            metrics.ws_connections.inc()
+            try:
+                await run_stream(ws, worker, opts, pool, metrics, s.ws_idle_s, limits)
+            finally:
+                metrics.ws_connections.dec()
         finally:
-            metrics.ws_connections.dec()
+            ws_open[ident] -= 1
 
-    def _error(status: int, detail: str, code: str | None = None, audit_: dict | None = None) -> JSONResponse:
-        headers = {"X-Anon-Audit": _header_json(audit_)} if audit_ else None
-        return JSONResponse({"detail": detail.splitlines()[0] if detail else "", "code": code, "audit": audit_},
+    def _error(status: int, detail: str, code: str | None = None, audit_: dict | None = None,
+               headers: dict | None = None) -> JSONResponse:
+        # what a client sees never names the server's temp dirs, paths, hosts or storage endpoints
+        audit_ = public_audit(audit_)
+        headers = {**(headers or {}), **({"X-Anon-Audit": _header_json(audit_)} if audit_ else {})}
+        return JSONResponse({"detail": public_message(detail), "code": code, "audit": audit_},
                             status_code=status, headers=headers)
 
     def _mixed(rec, mime: str, chunks: Iterator[bytes], headers: dict) -> StreamingResponse:
@@ -339,13 +405,13 @@ def create_app(settings: ServiceSettings | None = None):
     return app
 
 
-def _process(anonymizer, fs, path: str, media, workdir: str, rec) -> tuple[str, Any]:
+def _process(anonymizer, fs, path: str, media, workdir: str, rec, deadline: Deadline) -> tuple[str, Any]:
     """Runs in a worker thread: ("bytes", data) for images, ("file", local path) for video/audio; None = failed."""
     if media.kind == "image":
         with open(path, "rb") as fh:
-            return "bytes", anonymizer.process_bytes(fh.read(), rec)
+            return "bytes", anonymizer.process_bytes(fh.read(), rec, deadline=deadline)
     if media.kind in ("video", "audio"):
-        return "file", anonymizer.process_stream(fs, path, media, rec, workdir)
+        return "file", anonymizer.process_stream(fs, path, media, rec, workdir, deadline=deadline)
     anonymizer.stamp(rec).fail("unsupported or unrecognised media (not an image, video or audio file)",
                                "unsupported")
     return "bytes", None
@@ -358,8 +424,24 @@ def _iter_file(fh, chunk: int = 1 << 20) -> Iterator[bytes]:
 
 
 def _overlaps(a: str, b: str) -> bool:
-    a, b = a.rstrip("/") + "/", b.rstrip("/") + "/"
-    return a.startswith(b) or b.startswith(a)
+    try:
+        return overlaps(a, b)
+    except UriRefused:
+        return True  # not comparable: refuse rather than allow
+
+
+class _RateLimitedLog:
+    """One WARNING per period for a repeated event, with the count since the last one (no log flood)."""
+
+    def __init__(self, period_s: float) -> None:
+        self.period_s, self.last, self.count = period_s, -math.inf, 0
+
+    def warn(self, logger: logging.Logger, what: str) -> None:
+        self.count += 1
+        now = time.monotonic()
+        if now - self.last >= self.period_s:
+            logger.warning("%s (%d in the last %.0f s)", what, self.count, self.period_s)
+            self.last, self.count = now, 0
 
 
 async def _deny(ws, status: int, detail: str) -> None:

@@ -22,6 +22,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
 
+from jobs.service.errors import public_message
+
 log = logging.getLogger("anon.service.jobs")
 
 Progress = Callable[[str], None]  # called with "ok" / "failed" / "skipped" per finished asset
@@ -68,11 +70,29 @@ class Executor(Protocol):
 
 
 class LocalExecutor:
-    """In-process `anon_core.runner.run` (the CLI's loop); `config_for(policy)` gives the cached AnonConfig."""
+    """In-process `anon_core.runner.run` (the CLI's loop); `config_for(policy)` gives the cached AnonConfig.
 
-    def __init__(self, config_for: Callable[[str], object], storage_options: dict | None = None) -> None:
+    Local (`file://`) inputs and outputs go through `ConfinedFileSystem`s over the read and the write roots:
+    symlinks are refused at listing and again at every open, when the job runs (not only when it was submitted).
+    """
+
+    def __init__(self, config_for: Callable[[str], object], storage_options: dict | None = None,
+                 read_roots: list[str] | None = None, write_roots: list[str] | None = None) -> None:
         self.config_for = config_for
         self.storage_options = storage_options or {}
+        self.read_roots, self.write_roots = list(read_roots or []), list(write_roots or [])
+
+    def _filesystems(self, job: Job):
+        from anon_core.storage import filesystem
+        from jobs.service.confined import ConfinedFileSystem
+
+        out = []
+        for uri, roots in ((job.spec.input, self.read_roots), (job.spec.output, self.write_roots)):
+            if _local_path(uri) is not None:
+                out.append((ConfinedFileSystem(roots), _local_path(uri)))
+            else:
+                out.append(filesystem(uri, **self.storage_options))
+        return tuple(out)
 
     def __call__(self, job: Job, progress: Progress) -> dict:
         from anon_core.runner import new_run_id, run
@@ -80,7 +100,7 @@ class LocalExecutor:
         job.run_id = new_run_id()
         summary = run(job.spec.input, job.spec.output, self.config_for(job.spec.policy), run_id=job.run_id,
                       progress=False, on_record=lambda rec: progress(rec.status),
-                      storage_options=self.storage_options)
+                      storage_options=self.storage_options, filesystems=self._filesystems(job))
         return {"run_id": summary.run_id, "assets": len(summary.records), "ok": summary.ok,
                 "failed": summary.failed, "skipped": 0, "manifest": summary.manifest}
 
@@ -106,6 +126,17 @@ class RayExecutor:
         return {k: s.get(k) for k in ("run_id", "assets", "ok", "failed", "skipped", "manifest")}
 
 
+def _local_path(uri: str) -> str | None:
+    """The literal (not resolved) local path of a file URI or plain path; None for object stores."""
+    import os
+    from urllib.parse import urlsplit
+
+    if "://" not in uri:
+        return os.path.normpath(uri)
+    parts = urlsplit(uri)
+    return os.path.normpath(parts.path) if parts.scheme.lower() == "file" else None
+
+
 class QueueFull(RuntimeError):
     pass
 
@@ -114,10 +145,12 @@ class JobManager:
     """Bounded: `workers` jobs run at once, at most `max_queued` wait; finished jobs are kept (newest `keep`)."""
 
     def __init__(self, executor: Executor, workers: int = 1, max_queued: int = 16, keep: int = 1000,
-                 on_finish: Callable[[Job], None] | None = None) -> None:
+                 on_finish: Callable[[Job], None] | None = None, max_per_owner: int | None = None) -> None:
         self.executor = executor
         self.pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="anon-job")
         self.max_queued = max_queued
+        # one key's share of the queue: without it a single client fills the queue and everyone else gets 429
+        self.max_per_owner = max_per_owner or max_queued
         self.keep = keep
         self.on_finish = on_finish
         self.jobs: OrderedDict[str, Job] = OrderedDict()
@@ -125,9 +158,12 @@ class JobManager:
 
     def submit(self, owner: str, spec: JobSpec) -> Job:
         with self.lock:
-            waiting = sum(j.status in ("queued", "running") for j in self.jobs.values())
-            if waiting >= self.max_queued:
-                raise QueueFull(f"{waiting} jobs are queued or running")
+            active = [j for j in self.jobs.values() if j.status in ("queued", "running")]
+            if len(active) >= self.max_queued:
+                raise QueueFull(f"{len(active)} jobs are queued or running")
+            mine = sum(j.owner == owner for j in active)
+            if mine >= self.max_per_owner:
+                raise QueueFull(f"this key has {mine} jobs queued or running (the limit per key)")
             job = Job(id=uuid.uuid4().hex, owner=owner, spec=spec)
             self.jobs[job.id] = job
             while len(self.jobs) > self.keep:
@@ -164,8 +200,8 @@ class JobManager:
                 job.manifest = s.get("manifest")
                 job.status = "done"
         except Exception as exc:  # the job fails, the service stays up
-            log.exception("job %s failed", job.id)
-            job.status, job.error = "failed", f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            log.exception("job %s failed", job.id)  # the full text (paths, endpoints) only in the server log
+            job.status, job.error = "failed", f"{type(exc).__name__}: {public_message(str(exc))}"
         job.finished_at = datetime.now(UTC).isoformat()
         job.seconds = round(time.perf_counter() - t0, 3)
         if self.on_finish:

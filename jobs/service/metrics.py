@@ -22,6 +22,8 @@ class Metrics:
         self.jobs = Counter("anon_jobs", "Archive jobs finished", ["status"], registry=r)
         self.ws_connections = Gauge("anon_ws_connections", "Open stream connections", registry=r)
         self.ws_frames = Counter("anon_ws_frames", "Stream frames by outcome", ["result"], registry=r)
+        self.work_busy = Gauge("anon_work_in_progress", "Work handed to the anonymization threads and not yet "
+                               "finished (abandoned work past its deadline included)", registry=r)
         self.ws_latency = Histogram("anon_ws_frame_latency_seconds", "Stream frame latency (receive to sent)",
                                     buckets=_LATENCY_BUCKETS, registry=r)
 

@@ -110,6 +110,15 @@ def normalize_uri(uri: str) -> tuple[str, str]:
     return scheme, posixpath.normpath(path)
 
 
+def overlaps(a: str, b: str) -> bool:
+    """Whether one URI lies inside the other, compared after normalizing (`in//j2/o` is inside `in`)."""
+    (sa, la), (sb, lb) = normalize_uri(a), normalize_uri(b)
+    if sa != sb and {sa, sb} != {"s3", "s3a"}:
+        return False
+    la, lb = la.rstrip("/") + "/", lb.rstrip("/") + "/"
+    return la.startswith(lb) or lb.startswith(la)
+
+
 class UriPolicy:
     """Allowed URI prefixes, e.g. `s3://archive/in/`, `file:///srv/media/`. Nothing is allowed by default."""
 
@@ -122,13 +131,49 @@ class UriPolicy:
 
     def check(self, uri: str) -> str:
         """The URI as given when it lies inside an allowed prefix; UriRefused otherwise."""
+        if self.root_of(uri) is None:
+            raise UriRefused("URI is outside the allowed prefixes")
+        return uri
+
+    def root_of(self, uri: str) -> str | None:
+        """The normalized location of the prefix `uri` lies under (None: under none of them)."""
         scheme, loc = normalize_uri(uri)
         for pscheme, ploc in self.prefixes:
             if scheme != pscheme and {scheme, pscheme} != {"s3", "s3a"}:
                 continue
             if loc == ploc or loc.startswith(ploc.rstrip("/") + "/"):
-                return uri
-        raise UriRefused("URI is outside the allowed prefixes")
+                return ploc
+        return None
+
+    def local_roots(self) -> list[str]:
+        return [loc for scheme, loc in self.prefixes if scheme == "file"]
+
+
+class JobUris:
+    """Read prefixes (job inputs) and write prefixes (job outputs), which must not overlap: a job can then never
+    write into a folder it or another job reads from, so originals are never overwritten."""
+
+    def __init__(self, read: Iterable[str], write: Iterable[str]) -> None:
+        self.read, self.write = UriPolicy(read), UriPolicy(write)
+        for rs, rl in self.read.prefixes:
+            for ws, wl in self.write.prefixes:
+                same = rs == ws or {rs, ws} == {"s3", "s3a"}
+                r, w = rl.rstrip("/") + "/", wl.rstrip("/") + "/"
+                if same and (r.startswith(w) or w.startswith(r)):
+                    raise ValueError(f"read prefix {rs}://{rl} and write prefix {ws}://{wl} overlap: "
+                                     "outputs could overwrite originals")
+
+    def check(self, input_uri: str, output_uri: str) -> None:
+        """UriRefused unless input is under a read prefix and output under a write prefix."""
+        normalize_uri(input_uri)
+        normalize_uri(output_uri)
+        if self.read.root_of(input_uri) is None:
+            raise UriRefused("input is outside the read prefixes")
+        if self.write.root_of(output_uri) is None:
+            raise UriRefused("output is outside the write prefixes (inputs are never written)")
+        for scheme, loc in self.read.prefixes:  # belt and braces: an output never lands under any read prefix
+            if overlaps(output_uri, f"{scheme}://{loc}" if scheme != "file" else loc):
+                raise UriRefused("output lies under a read prefix")
 
 
 def check_webhook(url: str, allowed_hosts: Iterable[str]) -> str:

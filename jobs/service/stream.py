@@ -6,6 +6,7 @@ The wire protocol is documented in `jobs/serve.py`'s module docstring.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import time
@@ -48,6 +49,47 @@ def decode_frame(message: bytes) -> tuple[int, bytes]:
     if len(message) <= TS_BYTES:
         raise FrameError("binary message shorter than the 8-byte timestamp header plus a JPEG")
     return int.from_bytes(message[:TS_BYTES], "little", signed=True), message[TS_BYTES:]
+
+
+@dataclass
+class StreamLimits:
+    """Per-connection limits of the protocol layer, all checked before a frame is decoded."""
+
+    max_pixels: int = 8_294_400  # one frame, from its JPEG header
+    decoded_budget_bytes: int = 1 << 30  # decoded RGB a connection may hold: the frame plus look-ahead frames
+    read_ahead_bytes: int = 32 << 20  # queue mode: encoded frames read ahead of processing
+
+
+def frame_dimensions(jpeg: bytes) -> tuple[int, int]:
+    """(width, height) from the JPEG's frame header; no pixel is decoded (Pillow's open is lazy)."""
+    import io
+    import warnings
+
+    from PIL import Image
+
+    if jpeg[:3] != b"\xff\xd8\xff":
+        raise FrameError("frame is not a JPEG")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(jpeg), formats=["JPEG"]) as im:
+                return im.size
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise FrameError("frame header declares more pixels than Pillow's bomb limit: above the pixel limit") \
+            from exc
+    except Exception as exc:  # Pillow's parse errors on a damaged header
+        raise FrameError("corrupt JPEG frame header") from exc
+
+
+def check_frame(jpeg: bytes, limits: StreamLimits, held_frames: int) -> None:
+    """Refuse a frame from its header alone: above the pixel limit, or above what the connection may hold
+    decoded (this frame and `held_frames` more kept for look-ahead)."""
+    w, h = frame_dimensions(jpeg)
+    if w * h > limits.max_pixels:
+        raise FrameError(f"frame is {w}x{h}: above the pixel limit of {limits.max_pixels}")
+    if w * h * 3 * (held_frames + 1) > limits.decoded_budget_bytes:
+        raise FrameError(f"frame is {w}x{h}: with {held_frames} frames held for look-ahead this connection would "
+                         f"hold more than {limits.decoded_budget_bytes} decoded bytes")
 
 
 class FrameWorker:
@@ -150,14 +192,25 @@ def _summary(values: list[float]) -> dict:
 
 
 async def run_stream(ws: WebSocket, worker: FrameWorker, opts: StreamOptions, pool: Executor, metrics,
-                     idle_timeout_s: float) -> None:
-    """Reader task fills a bounded inbox; the processor drains it in order and sends results back."""
+                     idle_timeout_s: float, limits: StreamLimits | None = None) -> None:
+    """Reader task fills a bounded inbox; the processor drains it in order and sends results back.
+
+    queue mode: the reader keeps reading (so the server's WebSocket layer keeps answering the client's pings
+    and control messages) while the inbox holds up to `queue` frames or up to `read_ahead_bytes` of encoded
+    frames, whichever is more; only beyond that does it stop reading and let TCP push back.
+    """
+    limits = limits or StreamLimits()
+    held = int(round(max(0.0, opts.lookahead_s) * opts.fps)) + 1  # frames the tracker may keep decoded
     loop = asyncio.get_running_loop()
     inbox: deque[_Item] = deque()
+    pending_bytes = {"n": 0}
     cond = asyncio.Condition()
     state = {"closed": False, "aborted": False, "stats": False}
     dropped: list[int] = []
     stats = StreamStats()
+
+    def room(size: int) -> bool:
+        return len(inbox) < opts.queue or state["aborted"] or pending_bytes["n"] + size <= limits.read_ahead_bytes
 
     async def reader() -> None:
         try:
@@ -173,15 +226,17 @@ async def run_stream(ws: WebSocket, worker: FrameWorker, opts: StreamOptions, po
                     item = _Item(0, msg["bytes"], time.perf_counter())
                     async with cond:
                         if opts.backpressure == "queue":
-                            # not reading is the backpressure: the client's sends block on TCP
-                            await cond.wait_for(lambda: len(inbox) < opts.queue or state["aborted"])
+                            # past the read-ahead, not reading is the backpressure: the client's sends block on TCP
+                            await cond.wait_for(functools.partial(room, len(item.data)))
                         else:
                             while len(inbox) >= opts.queue:
                                 old = inbox.popleft()
+                                pending_bytes["n"] -= len(old.data)
                                 dropped.append(_peek_ts(old.data))
                                 stats.dropped += 1
                                 metrics.ws_frames.labels("dropped").inc()
                         inbox.append(item)
+                        pending_bytes["n"] += len(item.data)
                         stats.frames_in += 1
                         cond.notify_all()
                     continue
@@ -222,6 +277,8 @@ async def run_stream(ws: WebSocket, worker: FrameWorker, opts: StreamOptions, po
                     return
                 drops, dropped[:] = list(dropped), []
                 item = inbox.popleft() if inbox else None
+                if item is not None:
+                    pending_bytes["n"] -= len(item.data)
                 want_stats, state["stats"] = state["stats"], False
                 finished = item is None and state["closed"]
                 cond.notify_all()
@@ -231,6 +288,7 @@ async def run_stream(ws: WebSocket, worker: FrameWorker, opts: StreamOptions, po
                 t0 = time.perf_counter()
                 try:
                     ts, payload = decode_frame(item.data)
+                    check_frame(payload, limits, held)  # from the header: nothing is decoded above the limits
                     outs = await loop.run_in_executor(pool, worker.process, ts, payload, item.t_recv)
                 except FrameError as exc:
                     outs = []

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import tempfile
+import time
 
 from python_multipart.multipart import MultipartParser, parse_options_header
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 
 class BodyTooLarge(Exception):
@@ -16,6 +18,49 @@ class BodyTooLarge(Exception):
 
 class BadUpload(Exception):
     pass
+
+
+class BodyStalled(Exception):
+    """The body stopped arriving (idle gap) or arrives slower than the minimum rate."""
+
+
+class Pace:
+    """Upload pacing: a chunk gap above `idle_s`, or an average rate under `min_rate` bytes/s once `grace_s`
+    have passed, ends the upload. A body that trickles in therefore holds its request slot for seconds, not for
+    the whole request time limit."""
+
+    def __init__(self, idle_s: float = 30.0, min_rate: float = 0.0, grace_s: float = 10.0) -> None:
+        self.idle_s, self.min_rate, self.grace_s = idle_s, min_rate, grace_s
+        self.t0 = time.monotonic()
+        self.received = 0
+
+    def timeout(self) -> float:
+        """How long to wait for the next chunk: the idle limit, or less where the rate limit bites sooner."""
+        wait = self.idle_s
+        if self.min_rate > 0:
+            due = self.t0 + max(self.grace_s, self.received / self.min_rate)  # when the average drops too low
+            wait = min(wait, max(0.05, due - time.monotonic()))
+        return wait
+
+    def add(self, n: int) -> None:
+        self.received += n
+        elapsed = time.monotonic() - self.t0
+        if self.min_rate > 0 and elapsed > self.grace_s and self.received < self.min_rate * elapsed:
+            raise BodyStalled(f"upload slower than {self.min_rate:g} bytes/s")
+
+
+async def paced_chunks(request: Request, pace: Pace):
+    """request.stream() with the pacing limits applied between chunks."""
+    it = request.stream().__aiter__()
+    while True:
+        try:
+            chunk = await asyncio.wait_for(it.__anext__(), pace.timeout())
+        except StopAsyncIteration:
+            return
+        except TimeoutError as exc:
+            raise BodyStalled("upload stalled: no data within the upload time limits") from exc
+        pace.add(len(chunk))
+        yield chunk
 
 
 def private_workdir(root: str | None) -> str:
@@ -27,14 +72,26 @@ def private_workdir(root: str | None) -> str:
     return path
 
 
+def remove_stale_workdirs(root: str) -> int:
+    """Remove request dirs a killed server left in its own temp root (run at start-up, before serving)."""
+    n = 0
+    if os.path.isdir(root):
+        for entry in os.scandir(root):
+            if entry.name.startswith("anon-svc-") and entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path, ignore_errors=True)
+                n += 1
+    return n
+
+
 def remove_workdir(path: str | None) -> None:
     if path:
         shutil.rmtree(path, ignore_errors=True)
 
 
-async def receive_body(request: Request, dest: str, limit: int) -> int:
+async def receive_body(request: Request, dest: str, limit: int, pace: Pace | None = None) -> int:
     """Write the upload to `dest` (mode 0600); returns its size. Multipart: the first file part (or the part
-    named `file`). Raises BodyTooLarge, BadUpload, or starlette's ClientDisconnect."""
+    named `file`). Raises BodyTooLarge, BadUpload, BodyStalled, or starlette's ClientDisconnect."""
+    pace = pace or Pace()
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise BodyTooLarge(f"body is {declared} bytes: above the limit of {limit}")
@@ -45,10 +102,10 @@ async def receive_body(request: Request, dest: str, limit: int) -> int:
             boundary = params.get(b"boundary")
             if not boundary:
                 raise BadUpload("multipart body without a boundary")
-            written = await _receive_multipart(request, fh, boundary, limit)
+            written = await _receive_multipart(request, fh, boundary, limit, pace)
         else:
             written = 0
-            async for chunk in request.stream():
+            async for chunk in paced_chunks(request, pace):
                 written += len(chunk)
                 if written > limit:
                     raise BodyTooLarge(f"body is above the limit of {limit} bytes")
@@ -56,7 +113,7 @@ async def receive_body(request: Request, dest: str, limit: int) -> int:
     return written
 
 
-async def _receive_multipart(request: Request, fh, boundary: bytes, limit: int) -> int:
+async def _receive_multipart(request: Request, fh, boundary: bytes, limit: int, pace: Pace) -> int:
     state = {"field": b"", "value": b"", "headers": {}, "taking": False, "done": False, "written": 0}
 
     def on_part_begin() -> None:
@@ -93,13 +150,13 @@ async def _receive_multipart(request: Request, fh, boundary: bytes, limit: int) 
     })
     received = 0
     try:
-        async for chunk in request.stream():
+        async for chunk in paced_chunks(request, pace):
             received += len(chunk)
             if received > limit:
                 raise BodyTooLarge(f"body is above the limit of {limit} bytes")
             parser.write(chunk)
         parser.finalize()
-    except BodyTooLarge:
+    except (BodyTooLarge, BodyStalled, ClientDisconnect):
         raise
     except Exception as exc:  # python-multipart raises its own parse errors
         raise BadUpload(f"malformed multipart body: {exc}") from exc
