@@ -164,8 +164,7 @@ def create_app(settings: ServiceSettings | None = None):
     metrics.work_busy.set_function(lambda: admission.work)
     ws_open: dict[str, int] = {}
     denied = _RateLimitedLog(60.0)
-    if s.tmp_dir:
-        remove_stale_workdirs(s.tmp_dir)  # a killed predecessor may have left request dirs behind
+    remove_stale_workdirs(s.tmp_dir)  # a killed predecessor may have left request dirs behind
 
     def on_job_finish(job) -> None:
         metrics.jobs.labels(job.status).inc()

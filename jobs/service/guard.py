@@ -35,14 +35,21 @@ class GuardMiddleware:
             if self.check_key(auth) is None:
                 await _answer(send, 401, "missing or invalid API key", {"www-authenticate": "Bearer"})
                 return
-        state = {"started": False, "idle": False}
+        state = {"started": False, "idle": False, "body_done": False}
 
         async def timed_receive():
+            if state["body_done"] or state["started"]:
+                # past the body, receive() only waits for a disconnect (Starlette listens for one while it
+                # streams a response): no time limit there
+                return await receive()
             try:
-                return await asyncio.wait_for(receive(), self.idle_s)
+                message = await asyncio.wait_for(receive(), self.idle_s)
             except TimeoutError as exc:
                 state["idle"] = True
                 raise BodyIdle("request body stalled") from exc
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                state["body_done"] = True
+            return message
 
         async def guarded_send(message) -> None:
             if state["idle"]:

@@ -64,23 +64,40 @@ async def paced_chunks(request: Request, pace: Pace):
 
 
 def private_workdir(root: str | None) -> str:
-    """A fresh directory only this user can enter (mkdtemp already uses 0700; chmod makes it explicit)."""
+    """A fresh directory only this user can enter (mkdtemp already uses 0700; chmod makes it explicit).
+    The name carries this process's id, so a restarted server can tell its dead predecessor's dirs apart."""
     if root:
         os.makedirs(root, mode=0o700, exist_ok=True)
-    path = tempfile.mkdtemp(prefix="anon-svc-", dir=root)
+    path = tempfile.mkdtemp(prefix=f"anon-svc-{os.getpid()}-", dir=root)
     os.chmod(path, 0o700)
     return path
 
 
-def remove_stale_workdirs(root: str) -> int:
-    """Remove request dirs a killed server left in its own temp root (run at start-up, before serving)."""
+def remove_stale_workdirs(root: str | None) -> int:
+    """Remove request dirs that a killed server process left behind (run at start-up). Dirs of processes that
+    are still alive are kept, so instances sharing a temp root do not delete each other's requests."""
+    root = root or tempfile.gettempdir()
     n = 0
-    if os.path.isdir(root):
-        for entry in os.scandir(root):
-            if entry.name.startswith("anon-svc-") and entry.is_dir(follow_symlinks=False):
-                shutil.rmtree(entry.path, ignore_errors=True)
-                n += 1
+    if not os.path.isdir(root):
+        return 0
+    for entry in os.scandir(root):
+        parts = entry.name.split("-")
+        if entry.name.startswith("anon-svc-") and len(parts) >= 4 and parts[2].isdigit() \
+                and entry.is_dir(follow_symlinks=False) and entry.stat(follow_symlinks=False).st_uid == os.getuid() \
+                and not _alive(int(parts[2])):
+            shutil.rmtree(entry.path, ignore_errors=True)
+            n += 1
     return n
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def remove_workdir(path: str | None) -> None:

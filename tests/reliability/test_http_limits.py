@@ -225,3 +225,36 @@ def test_face_is_masked_under_the_limits(srv, astronaut):
     x1, y1, x2, y2 = ASTRONAUT_FACE
     assert np.abs(out[y1:y2, x1:x2].astype(int) - astronaut[y1:y2, x1:x2].astype(int)).mean() > 15
     assert json.loads(r.headers["x-anon-audit"])["status"] == "ok"
+
+
+def test_guard_times_only_the_body():
+    """The body-idle limit must not apply once the body is in: Starlette waits on receive() for a disconnect
+    while it streams a (possibly long) response."""
+    import asyncio
+
+    from jobs.service.guard import GuardMiddleware
+
+    sent: list[dict] = []
+
+    async def app(scope, receive, send) -> None:
+        assert (await receive())["type"] == "http.request"
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        msg = await asyncio.wait_for(receive(), 2.0)  # well past idle_s: still no BodyIdle
+        assert msg["type"] == "http.disconnect"
+        await send({"type": "http.response.body", "body": b"done"})
+
+    async def receive_():
+        if not getattr(receive_, "n", 0):
+            receive_.n = 1
+            return {"type": "http.request", "body": b"{}", "more_body": False}
+        await asyncio.sleep(1.0)
+        return {"type": "http.disconnect"}
+
+    async def send(m) -> None:
+        sent.append(m)
+
+    guard = GuardMiddleware(app, check_key=lambda h: "k" if h else None, idle_s=0.2)
+    scope = {"type": "http", "path": "/v1/jobs", "headers": [(b"authorization", b"Bearer x")]}
+    asyncio.run(guard(scope, receive_, send))
+    assert [m.get("status") for m in sent if m["type"] == "http.response.start"] == [200]
+    assert sent[-1]["body"] == b"done"
