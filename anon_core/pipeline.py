@@ -15,6 +15,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
+from anon_core import licenses
 from anon_core.audit import AuditRecord, sha256_bytes
 from anon_core.config import AnonConfig
 from anon_core.deadline import Deadline
@@ -43,7 +44,9 @@ class Anonymizer:
         self.config = config or AnonConfig()
         self.classes = self.config.wanted_classes()
         self.detectors: dict[str, Detector] = {}
-        for key, spec in self.config.detectors.items():
+        # the license gate runs before any model is loaded (ModelLicenseError: refused, one line)
+        specs = licenses.gate(self.config.detectors, self.config.models, self.classes)
+        for key, spec in specs.items():
             params = dict(spec.params)
             params.setdefault("device", self.config.device)
             det = create_detector(spec.name, **params)
@@ -72,7 +75,7 @@ class Anonymizer:
     # -- what the audit needs to say about this pipeline
     def models(self) -> list[dict]:
         infos = [i for d in self.detectors.values() for i in (d.infos() if hasattr(d, "infos") else [d.info()])]
-        return [vars(i) for i in infos]
+        return [vars(licenses.license_of(i)) for i in infos]
 
     def thresholds(self) -> dict[str, float]:
         return {f"{k}.threshold": float(getattr(d, "threshold", float("nan"))) for k, d in self.detectors.items()}

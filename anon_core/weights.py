@@ -19,6 +19,7 @@ class ModelInfo:
     version: str
     weights_sha256: str
     source: str
+    license: str = ""  # SPDX id of the weights' license (anon_core/licenses.py); the audit and DPIA report name it
 
 
 @dataclass(frozen=True)

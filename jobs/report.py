@@ -31,6 +31,16 @@ MAX_FAILURE_ROWS = 200  # failures listed one by one; the rest are counted by co
 # ------------------------------------------------------------------------------------------------ reading
 
 
+def _license(model: dict) -> str:
+    """A model's license as recorded; rows written before the license column get the registry's."""
+    if model.get("license"):
+        return str(model["license"])
+    from anon_core.licenses import license_of
+    from anon_core.weights import ModelInfo
+
+    return license_of(ModelInfo(str(model.get("name") or ""), "", "", "")).license
+
+
 def iter_rows(paths: list[str]):
     """Manifest rows as dicts, part by part (`anon_core.manifests`: damaged parts are skipped with a warning,
     `run_id` filled from a `run_id=<id>` folder when the column is empty); each row names its `_manifest`."""
@@ -96,7 +106,7 @@ class Aggregate:
     status: Counter = field(default_factory=Counter)
     media: Counter = field(default_factory=Counter)
     formats: Counter = field(default_factory=Counter)
-    models: Counter = field(default_factory=Counter)  # (name, version, sha256, source) -> assets
+    models: Counter = field(default_factory=Counter)  # (name, version, sha256, source, license) -> assets
     thresholds: dict[str, dict] = field(default_factory=dict)  # config hash -> thresholds
     configs: dict[str, dict] = field(default_factory=dict)  # config hash -> parsed config (when recorded)
     policies: Counter = field(default_factory=Counter)
@@ -139,7 +149,8 @@ class Aggregate:
         if r.get("policy"):
             self.policies[r["policy"]] += 1
         for m in r.get("models") or []:
-            self.models[(m.get("name"), m.get("version"), m.get("weights_sha256"), m.get("source"))] += 1
+            self.models[(m.get("name"), m.get("version"), m.get("weights_sha256"), m.get("source"),
+                         _license(m))] += 1
         ch = r.get("config_hash")
         if ch and ch not in self.thresholds:
             self.thresholds[ch] = _pairs(r.get("thresholds"))
@@ -171,7 +182,8 @@ class Aggregate:
                 self.residual["re-masked"] += res.get("remasked", 0)
                 self.residual[f"assets with findings ({res.get('action')})"] += int(res.get("found_total", 0) > 0)
                 m = res.get("model") or {}
-                self.residual_models.add((m.get("name"), m.get("version"), m.get("weights_sha256"), m.get("source")))
+                self.residual_models.add((m.get("name"), m.get("version"), m.get("weights_sha256"), m.get("source"),
+                                          _license(m)))
             self.whole_frames += (extra.get("analysis_errors") or {}).get("frames_masked_whole", 0)
         elif st == "failed":
             code = r.get("error_code") or "error"
@@ -271,12 +283,15 @@ def build_blocks(agg: Aggregate, validation: dict | None, sources: list[str]) ->
                 _uri_root(r.outputs), ", ".join(sorted(r.config_hashes)) or "-", ", ".join(sorted(r.versions)) or "-"]
                for r in sorted(agg.runs.values(), key=lambda r: (r.started or datetime.min.replace(tzinfo=UTC)))]))
     b.append(("h2", "Models"))
-    b.append(("table", ["model", "version", "weights sha256", "source", "assets"],
-              [[str(n), str(v), str(s), str(src), str(c)] for (n, v, s, src), c in sorted(agg.models.items(),
-                                                                                         key=lambda kv: -kv[1])]))
+    b.append(("p", "License: the SPDX id of each model's weights (models/README.md lists every model's card); "
+                   "the deployment's `models.allow_licenses` decides which may run."))
+    b.append(("table", ["model", "version", "license", "weights sha256", "source", "assets"],
+              [[str(n), str(v), str(lic), str(s), str(src), str(c)]
+               for (n, v, s, src, lic), c in sorted(agg.models.items(), key=lambda kv: -kv[1])]))
     if agg.residual_models:
         b.append(("p", "Residual-risk check model(s): " + "; ".join(
-            f"{n} {v} (sha256 {s}, {src})" for n, v, s, src in sorted(agg.residual_models, key=str))))
+            f"{n} {v} (license {lic}, sha256 {s}, {src})"
+            for n, v, s, src, lic in sorted(agg.residual_models, key=str))))
     b.append(("h2", "Thresholds and configuration"))
     rows = []
     for ch, thr in sorted(agg.thresholds.items()):

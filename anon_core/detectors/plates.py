@@ -37,6 +37,7 @@ from anon_core.boxes import intersection_over_first, nms
 from anon_core.detections import Detections
 from anon_core.detectors.base import register_detector
 from anon_core.detectors.nanodet import VEHICLES, shared_nanodet
+from anon_core.detectors.plate_verify import shared_reader, verified_scores
 from anon_core.detectors.text import shared_ppocr
 from anon_core.weights import ModelInfo
 
@@ -108,8 +109,14 @@ class PlateDetector:
         frame_region: str = "vehicles",
         region_margin: float = 0.15,
         vehicle_tiles: bool = False,
+        verify: bool = True,
+        verify_floor: float = 0.3,
+        rec_weights: str | None = None,
     ):
         self.vehicle_tiles = bool(vehicle_tiles)
+        # reading check (plate_verify.py): candidates that do not read like a plate keep verify_floor of their score
+        self.verify, self.verify_floor, self._rec_args = bool(verify), float(verify_floor), (rec_weights, device,
+                                                                                           int(threads))
         if frame_region not in ("whole", "vehicles"):
             raise ValueError("frame_region must be whole or vehicles")
         self.gate_threshold, self.frame_region, self.region_margin = float(gate_threshold), frame_region, region_margin
@@ -133,6 +140,7 @@ class PlateDetector:
             return
         self.nanodet = shared_nanodet(*self._nanodet_args)
         self.ocr = shared_ppocr(*self._ocr_args)
+        self.reader = shared_reader(*self._rec_args) if self.verify else None
         self.cascade = None
         if self.use_cascade:
             self.cascade = cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_russian_plate_number.xml")
@@ -141,7 +149,12 @@ class PlateDetector:
     def info(self) -> ModelInfo:
         self._load()
         o, n = self.ocr.info(), self.nanodet.info()
-        return ModelInfo("plates:ppocrv4-det+nanodet", f"{o.version}+{n.version}", o.weights_sha256, o.source)
+        return ModelInfo("plates:ppocrv4-det+nanodet", f"{o.version}+{n.version}", o.weights_sha256, o.source,
+                         "Apache-2.0")
+
+    def infos(self) -> list[ModelInfo]:
+        self._load()
+        return [self.ocr.info(), self.nanodet.info(), *([self.reader.info()] if self.reader is not None else [])]
 
     def _search(self, frame: np.ndarray, region: tuple[int, int, int, int], scale: float, rel_width: float):
         """Text boxes found in one region, as plate candidates in frame pixels."""
@@ -238,6 +251,9 @@ class PlateDetector:
             b[:, [1, 3]] = b[:, [1, 3]].clip(0, h)
             keep = nms(b, s, 0.3)
             b, s = b[keep], s[keep]
+            if self.reader is not None:  # the check only lowers scores: read only what could still pass
+                b, s = b[s >= self.threshold], s[s >= self.threshold]
+                s = verified_scores(self.reader, frame, b, s, self.verify_floor)
             keep = s >= self.threshold
             return Detections(b[keep], s[keep], np.full(int(keep.sum()), "plate", object))
         return Detections.empty()
