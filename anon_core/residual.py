@@ -27,6 +27,9 @@ class ResidualChecker:
         rs = config.residual
         params = dict(rs.detector.params)
         params.setdefault("device", config.device)
+        from anon_core.licenses import check
+
+        check("residual.detector", rs.detector.name, params, config.models.allow_licenses)  # before loading
         self.detector = create_detector(rs.detector.name, **params)
         self.action = rs.action
         self.every_s = float(rs.video_every_s)
@@ -39,7 +42,9 @@ class ResidualChecker:
         self.masker = Masker({c: config.masks.get(c, _FALLBACK_MASK) for c in self.classes})
 
     def info(self) -> dict:
-        return vars(self.detector.info())
+        from anon_core.licenses import license_of
+
+        return vars(license_of(self.detector.info()))
 
     def session(self, fps: float | None = None) -> ResidualSession:
         every = 1 if not fps or self.every_s <= 0 else max(1, round(self.every_s * fps))

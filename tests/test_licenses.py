@@ -95,7 +95,7 @@ def test_audit_row_and_report_name_licenses(tmp_path, astronaut):
     anon.process_bytes(buf.getvalue(), rec)
     assert rec.status == "ok", rec.error
     lic = {m["name"]: m["license"] for m in rec.models}
-    assert lic["retinaface-fp32"] == "MIT" and lic["ppocrv4-det"] == "Apache-2.0"
+    assert lic["retinaface-mnet025-fp32"] == "MIT" and lic["ppocrv4-det"] == "Apache-2.0"
     assert lic["nanodet-coco"] == "Apache-2.0" and lic["ppocrv4-rec"] == "Apache-2.0"
     fs, _ = filesystem(str(tmp_path))
     path = str(tmp_path / "m.parquet")
@@ -104,7 +104,7 @@ def test_audit_row_and_report_name_licenses(tmp_path, astronaut):
     assert {m["name"]: m["license"] for m in row["models"]} == lic
     md = open(write_report([path], str(tmp_path / "rep"))["markdown"]).read()
     assert "| license |" in md.replace("| license | weights sha256", "| license |")
-    assert "| retinaface-fp32 |" in md and "| MIT |" in md and "| Apache-2.0 |" in md
+    assert "| retinaface-mnet025-fp32 |" in md and "| MIT |" in md and "| Apache-2.0 |" in md
 
 
 def test_report_fills_licenses_of_older_rows():

@@ -11,6 +11,7 @@ directly with onnxruntime (the package is never imported: it needs GUI OpenCV).
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from functools import lru_cache
 from pathlib import Path
@@ -88,13 +89,20 @@ def _is_cjk(ch: str) -> bool:
     return "CJK" in unicodedata.name(ch, "")
 
 
+_DATE_TIME = re.compile(r"\d{4}[-./]\d{1,2}|\d{1,2}:\d{2}")  # camera timestamps: 2014-05-12, 07:08:50
+
+
 def plate_score(text: str, conf: float, min_chars: int = 4, max_chars: int = 10) -> float:
     """How much a reading looks like a plate, in [0, 1].
 
-    1 for 4-10 ASCII letters/digits (separators ignored), mostly uppercase and digits, read confidently; a leading
-    CJK character (CCPD province) is allowed; lower case, other scripts, too few or too many characters lower it.
+    1 for 4-10 ASCII letters/digits (separators ignored) with at least one digit, mostly uppercase, read
+    confidently; a leading CJK character (CCPD province) is allowed. Lower: too few or too many characters, lower
+    case, other scripts, no digit at all (brand names and words on cars: DAEWOO, CITROEN) and camera timestamps.
     """
-    core = [c for c in text.strip() if c not in " -.·:•_"]
+    text = text.strip()
+    if _DATE_TIME.search(text):
+        return 0.0
+    core = [c for c in text if c not in " -.·•_：:"]
     if core and _is_cjk(core[0]):
         core = core[1:]
     alnum = [c for c in core if c.isascii() and c.isalnum()]
@@ -104,8 +112,9 @@ def plate_score(text: str, conf: float, min_chars: int = 4, max_chars: int = 10)
     length = 1.0 if min_chars <= n <= max_chars else (0.5 if n in (min_chars - 1, max_chars + 1) else 0.15)
     upper = sum(c.isupper() or c.isdigit() for c in alnum) / n
     purity = n / len(core)  # share of the reading that is ASCII letters/digits
-    digits = 1.0 if any(c.isdigit() for c in alnum) else 0.6
-    return float(length * min(1.0, upper / 0.8) * purity * digits * min(1.0, 0.3 + conf))
+    digits = 1.0 if any(c.isdigit() for c in alnum) else 0.3
+    colon = 0.5 if ":" in text else 1.0  # ASCII colons are clocks and labels; plates misread as "1B2：5790" use "："
+    return float(length * min(1.0, upper / 0.8) * purity * digits * colon * min(1.0, 0.3 + conf))
 
 
 @lru_cache(maxsize=2)
