@@ -182,3 +182,24 @@ def gate(detectors: dict, models, wanted: Iterable[str]) -> dict:
         check(key, spec.name, spec.params, allowed)
         out[key] = spec
     return out
+
+
+def audio_models(audio) -> list[str]:
+    """Card keys of the voice models an AudioSettings may load (`auto` counts its first choice)."""
+    if not getattr(audio, "enabled", True):
+        return []
+    vad = {"auto": ["silero_vad"], "silero": ["silero_vad"], "webrtc": ["webrtcvad"]}.get(audio.vad, [])
+    spk = ["resemblyzer"] if audio.speakers in ("auto", "resemblyzer") else []
+    return vad + spk
+
+
+def check_audio(audio, allowed: Iterable[str]) -> None:
+    """ModelLicenseError when a voice model the audio settings would load is not allowed (pyannote: the user's)."""
+    allowed = set(allowed)
+    for key in audio_models(audio):
+        lic = CARDS[key].license
+        if lic not in allowed:
+            raise ModelLicenseError(
+                f"audio would load model {key!r} licensed {lic}, which models.allow_licenses "
+                f"({', '.join(sorted(allowed)) or 'empty'}) does not include: add {lic!r} there, or choose "
+                f"another audio.vad / audio.speakers (see models/voice.md)")

@@ -46,6 +46,7 @@ class Anonymizer:
         self.detectors: dict[str, Detector] = {}
         # the license gate runs before any model is loaded (ModelLicenseError: refused, one line)
         specs = licenses.gate(self.config.detectors, self.config.models, self.classes)
+        licenses.check_audio(self.config.audio, self.config.models.allow_licenses)
         for key, spec in specs.items():
             params = dict(spec.params)
             params.setdefault("device", self.config.device)

@@ -55,8 +55,9 @@ def test_narrow_allow_list_refuses_a_builtin_model():
                                 "models": {"allow_licenses": ["MIT"]}})
     with pytest.raises(ModelLicenseError, match="licensed Apache-2.0"):
         Anonymizer(cfg)
-    # the same list is fine when the policy does not ask for plates: unused detectors are never built
-    cfg.policy = "faces"
+    # the same list is fine when the policy does not ask for plates (unused detectors are never built) and no
+    # Apache-2.0 voice model is configured
+    cfg.policy, cfg.audio.speakers = "faces", "single"
     assert list(Anonymizer(cfg).detectors) == ["face"]
 
 
@@ -122,3 +123,19 @@ def test_unknown_detector_is_not_refused(caplog):
     with caplog.at_level(logging.WARNING, logger="anon_core.licenses"):
         assert gate(spec, ModelsSettings(), ["face"])["x"].name == "my_plugin"
     assert "no model card" in caplog.text
+
+
+def test_allow_list_from_the_command_line_syntax():
+    from jobs.config import load_config
+
+    cfg = load_config(["models.allow_licenses=[MIT,Apache-2.0,AGPL-3.0]", "models.plate=ppocr"])
+    assert cfg.models.allow_licenses == ["MIT", "Apache-2.0", "AGPL-3.0"] and cfg.models.plate == "ppocr"
+
+
+def test_voice_models_are_gated_too():
+    cfg = AnonConfig.from_dict({"policy": "faces", "detectors": {"face": FAST_FACE},
+                                "models": {"allow_licenses": ["MIT"]}})
+    with pytest.raises(ModelLicenseError, match="resemblyzer"):
+        Anonymizer(cfg)
+    cfg.audio.speakers = "single"  # silero (MIT) only
+    assert list(Anonymizer(cfg).detectors) == ["face"]
