@@ -132,12 +132,17 @@ def main() -> None:
         if args.cache:
             Path(args.cache).write_bytes(pickle.dumps((gts, dets, speed)))
     dets = [d if isinstance(d, Detections) else Detections.empty() for d in dets]
+    floors = {}
     if args.verify_floors:
         ps = reading_scores(gts, dets)
         for floor in [float(f) for f in args.verify_floors.split(",")]:
             cv = cross_validate(gts, rescored(dets, ps, floor), args.folds, args.target_precision)
+            floors[floor] = {"summary": cv["summary"], "pooled": cv["pooled"]}
             print(f"floor {floor}", json.dumps(cv["summary"]), json.dumps(cv["pooled"]), flush=True)
-        return
+        # the floor with the best pooled held-out recall (then precision); the report below is for it
+        best = max(floors, key=lambda f: (floors[f]["pooled"]["recall"], floors[f]["pooled"]["precision"]))
+        dets = rescored(dets, ps, best)
+        params["verify_floor"] = best
     cv = cross_validate(gts, dets, args.folds, args.target_precision)
     thr = float(np.median([r["threshold"] for r in cv["folds"]]))
     full = evaluate(list(zip(gts, dets)), iou=0.5, score_threshold=thr, include_curve=False)
@@ -146,7 +151,7 @@ def main() -> None:
               "ap50": round(full["ap"], 4),
               "at_median_threshold": {k: full["at_threshold"][k] for k in ("recall", "precision", "fp_per_image")},
               "recall_by_size": {k: round(v["recall"] or 0, 3) for k, v in full["recall_by_size"].items()},
-              "leak": leak(gts, dets, thr)}
+              "leak": leak(gts, dets, thr), "verify_floors": floors}
     print(json.dumps({k: report[k] for k in ("speed", "median_threshold", "ap50", "at_median_threshold",
                                              "recall_by_size", "leak")}, default=str))
     print(json.dumps(cv["summary"]), json.dumps(cv["pooled"]))

@@ -85,7 +85,7 @@ class YoloPlateDetector:
 
     def __init__(
         self,
-        threshold: float = 0.35,
+        threshold: float = 0.5,  # k-fold CV (target precision 0.85) on ../shared/data/plates: models/plate_yolo.md
         weights: str | None = None,
         vehicle_crops: bool = True,
         vehicle_threshold: float = 0.3,

@@ -110,11 +110,14 @@ class PlateDetector:
         region_margin: float = 0.15,
         vehicle_tiles: bool = False,
         frame_max_pixels: int = 0,
+        weak_max_pixels: int = 0,
         verify: bool = True,
-        verify_floor: float = 0.3,
+        verify_floor: float = 0.5,
         rec_weights: str | None = None,
     ):
         self.vehicle_tiles, self.frame_max_pixels = bool(vehicle_tiles), int(frame_max_pixels)
+        # the same budget only for frames whose vehicles all score under vehicle_threshold (maybe-vehicles)
+        self.weak_max_pixels = int(weak_max_pixels)
         # reading check (plate_verify.py): candidates that do not read like a plate keep verify_floor of their score
         self.verify, self.verify_floor, self._rec_args = bool(verify), float(verify_floor), (rec_weights, device,
                                                                                            int(threads))
@@ -220,9 +223,10 @@ class PlateDetector:
         veh = vehicles(objs, self.vehicle_threshold)
         frame_scale = min(max(1.0, self.frame_min_side / min(h, w)), self.frame_max_side / max(h, w))
         region = self._frame_region(objs, w, h)
-        if self.frame_max_pixels:  # pixel budget of the frame-scale pass (cost; see models/plates.md)
+        budget = self.frame_max_pixels or (self.weak_max_pixels if not len(veh) else 0)
+        if budget:  # pixel budget of the frame-scale pass (cost; see models/plates.md)
             area = max((region[2] - region[0]) * (region[3] - region[1]), 1)
-            frame_scale = min(frame_scale, float(np.sqrt(self.frame_max_pixels / area)))
+            frame_scale = min(frame_scale, float(np.sqrt(budget / area)))
         for vb in veh.xyxy[nms(veh.xyxy, veh.scores, 0.7)] if len(veh) else []:
             x0, y0 = int(max(0, vb[0])), int(max(0, vb[1]))
             x1, y1 = int(min(w, np.ceil(vb[2]))), int(min(h, np.ceil(vb[3])))
