@@ -60,6 +60,7 @@ def bench_anon(sets: list[str], images: list[bytes], repeat: int) -> tuple[dict,
                 stages.setdefault(k, []).append(v)
     result = percentiles(ms)
     result["cpu_p50_ms"] = round(float(np.percentile(cpu, 50)), 1)
+    result["cpu_p95_ms"] = round(float(np.percentile(cpu, 95)), 1)
     return result, {k: round(float(np.median(v)), 1) for k, v in stages.items()}
 
 

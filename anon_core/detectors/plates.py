@@ -110,9 +110,9 @@ class PlateDetector:
         region_margin: float = 0.15,
         vehicle_tiles: bool = False,
         frame_max_pixels: int = 0,
-        weak_max_pixels: int = 0,
+        weak_max_pixels: int = 400_000,
         verify: bool = True,
-        verify_floor: float = 0.5,
+        verify_floor: float = 0.6,
         rec_weights: str | None = None,
     ):
         self.vehicle_tiles, self.frame_max_pixels = bool(vehicle_tiles), int(frame_max_pixels)
