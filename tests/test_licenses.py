@@ -118,10 +118,16 @@ def test_report_fills_licenses_of_older_rows():
 
 
 def test_unknown_detector_is_not_refused(caplog):
-    spec = {"x": DetectorSpec("my_plugin", {})}
+    from anon_core.detectors import register_detector
+
+    @register_detector("license_test_plugin")
+    def _plugin(**params):  # the deployment's own detector: no model card
+        raise AssertionError("not built by the gate")
+
+    spec = {"x": DetectorSpec("license_test_plugin", {})}
     licenses._said.clear()
     with caplog.at_level(logging.WARNING, logger="anon_core.licenses"):
-        assert gate(spec, ModelsSettings(), ["face"])["x"].name == "my_plugin"
+        assert gate(spec, ModelsSettings(), ["face"])["x"].name == "license_test_plugin"
     assert "no model card" in caplog.text
 
 
