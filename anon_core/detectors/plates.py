@@ -223,7 +223,9 @@ class PlateDetector:
         veh = vehicles(objs, self.vehicle_threshold)
         frame_scale = min(max(1.0, self.frame_min_side / min(h, w)), self.frame_max_side / max(h, w))
         region = self._frame_region(objs, w, h)
-        budget = self.frame_max_pixels or (self.weak_max_pixels if not len(veh) else 0)
+        # a frame that passed the gate only on maybe-vehicles (none >= vehicle_threshold) gets the weak budget
+        weak = not len(veh) and self.gate_threshold > 0
+        budget = self.frame_max_pixels or (self.weak_max_pixels if weak else 0)
         if budget:  # pixel budget of the frame-scale pass (cost; see models/plates.md)
             area = max((region[2] - region[0]) * (region[3] - region[1]), 1)
             frame_scale = min(frame_scale, float(np.sqrt(budget / area)))
