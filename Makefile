@@ -7,6 +7,8 @@ STAMP := $(VENV)/.anon-installed
 MODEL_DIR := $(or $(ANON_MODEL_DIR),.cache/models)
 MODELS_STAMP := $(MODEL_DIR)/manifest.json
 export HF_HUB_OFFLINE=1 MLFLOW_DISABLE_TELEMETRY=true RAY_USAGE_STATS_ENABLED=0 AWS_EC2_METADATA_DISABLED=true
+# Telemetry off (the full list, and why, is in anon_core/offline.py; `import anon_core` sets the rest itself).
+export ORT_DISABLE_TELEMETRY=1
 export YOLO_OFFLINE=1 YOLO_AUTOINSTALL=0
 
 .PHONY: setup run test bench lint clean models

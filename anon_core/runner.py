@@ -16,7 +16,7 @@ from anon_core.audit import AuditRecord, now, write_manifest
 from anon_core.config import AnonConfig
 from anon_core.media.probe import sniff
 from anon_core.pipeline import Anonymizer
-from anon_core.storage import filesystem, join, list_inputs, put_atomic, write_atomic
+from anon_core.storage import display_uri, filesystem, join, list_inputs, put_atomic, write_atomic
 from anon_core.vault.errors import VaultError
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ def run(input_uri: str, output_uri: str, config: AnonConfig | None = None, run_i
     anonymizer = Anonymizer(config)
     items = list_inputs(in_fs, in_root)
     manifest = join(out_root, f"_manifests/{run_id}.parquet")
-    summary = RunSummary(run_id, _display(output_uri, manifest), output_uri)
+    summary = RunSummary(run_id, display_uri(output_uri, manifest), output_uri)
     show = sys.stderr.isatty() if progress is None else progress
     bar = None
     if show:
@@ -82,7 +82,7 @@ def run(input_uri: str, output_uri: str, config: AnonConfig | None = None, run_i
             bar.close()
         summary.seconds = time.perf_counter() - t0
         if summary.records:
-            summary.records[0].config_json = _config_json(config)
+            summary.records[0].config_json = config_json(config)
         write_manifest(summary.records, out_fs, manifest)
     return summary
 
@@ -96,7 +96,7 @@ def process_asset(anonymizer: Anonymizer, in_fs, path: str, rel: str, out_fs, ou
     streamed from `in_fs`, never read whole. The output is durable when this returns an ok record.
     """
     config = anonymizer.config
-    rec = AuditRecord(run_id=run_id, input_uri=_display(input_uri, path), relative_path=rel, started_at=now())
+    rec = AuditRecord(run_id=run_id, input_uri=display_uri(input_uri, path), relative_path=rel, started_at=now())
     rec.config_json = None
     recorder = None
     try:
@@ -120,13 +120,13 @@ def process_asset(anonymizer: Anonymizer, in_fs, path: str, rel: str, out_fs, ou
                     if local is not None:
                         _publish_vault(anonymizer, recorder, rec, out_fs, out_root, rel, output_uri)
                         put_atomic(out_fs, local, target)
-                        rec.output_uri = _display(output_uri, target)
+                        rec.output_uri = display_uri(output_uri, target)
             else:
                 out = anonymizer.process_bytes(data if data is not None else in_fs.cat_file(path), rec, recorder)
                 if out is not None:
                     _publish_vault(anonymizer, recorder, rec, out_fs, out_root, rel, output_uri)
                     write_atomic(out_fs, target, out)
-                    rec.output_uri = _display(output_uri, target)
+                    rec.output_uri = display_uri(output_uri, target)
     except VaultError as exc:
         rec.fail(f"vault: {exc}", "vault")
     except OSError as exc:  # storage errors fail the asset, not the run
@@ -143,17 +143,11 @@ def process_asset(anonymizer: Anonymizer, in_fs, path: str, rel: str, out_fs, ou
 def _publish_vault(anonymizer: Anonymizer, recorder, rec: AuditRecord, out_fs, out_root: str, rel: str,
                    output_uri: str) -> None:
     if recorder is not None:
-        anonymizer.vault.publish(recorder, rec, out_fs, out_root, rel, lambda p: _display(output_uri, p))
+        anonymizer.vault.publish(recorder, rec, out_fs, out_root, rel, lambda p: display_uri(output_uri, p))
 
 
-def _config_json(config: AnonConfig) -> str:
+def config_json(config: AnonConfig) -> str:
+    """The configuration as the manifest's `config_json` records it (first row of a run or part)."""
     import json
 
     return json.dumps(config.to_dict(), sort_keys=True, default=str)
-
-
-def _display(user_uri: str, path: str) -> str:
-    """Keep the user's protocol prefix (s3://...) on paths fsspec returns without it."""
-    if "://" in user_uri and "://" not in path:
-        return user_uri.split("://", 1)[0] + "://" + path
-    return path

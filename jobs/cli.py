@@ -9,13 +9,6 @@ import os
 import sys
 
 
-def _env_defaults() -> None:
-    # Nothing phones home: telemetry off for every library we may load.
-    for k, v in {"HF_HUB_OFFLINE": "1", "MLFLOW_DISABLE_TELEMETRY": "true", "RAY_USAGE_STATS_ENABLED": "0",
-                 "AWS_EC2_METADATA_DISABLED": "true", "YOLO_OFFLINE": "1", "YOLO_AUTOINSTALL": "0"}.items():
-        os.environ.setdefault(k, v)
-
-
 def cmd_anonymize(args: argparse.Namespace) -> int:
     from anon_core.runner import run
     from jobs.config import load_config
@@ -146,7 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    _env_defaults()
+    from anon_core.offline import go_offline
+
+    go_offline()  # nothing phones home: telemetry off for every library we may load (before any of them loads)
     logging.basicConfig(level=os.environ.get("ANON_LOG_LEVEL", "WARNING"), format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
     return args.func(args)

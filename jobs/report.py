@@ -212,7 +212,9 @@ def latest_validation(tracking_uri: str | None, experiment: str = "anon-validate
     if tracking_uri.startswith("sqlite:///") and not os.path.exists(tracking_uri[len("sqlite:///"):]):
         return {"note": f"no MLflow store at {tracking_uri}"}  # opening it would create an empty one
     try:
-        os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+        from anon_core.offline import go_offline
+
+        go_offline()  # before MLflow loads: its telemetry switch is read at import
         from mlflow.tracking import MlflowClient
     except ImportError:
         return {"note": "MLflow is not installed (pip install 'anon[validate]')"}

@@ -67,9 +67,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
-from jobs.argdefaults import Flag, defaults_formatter, given
-from jobs.service.settings import ServiceSettings
+_ROOT = Path(__file__).resolve().parent.parent
+if str(_ROOT) not in sys.path:  # `python jobs/serve.py` imports the repo beside it
+    sys.path.insert(0, str(_ROOT))
+
+from jobs.argdefaults import Flag, defaults_formatter, given  # noqa: E402
+from jobs.service.settings import ServiceSettings  # noqa: E402
 
 __all__ = ["ServiceSettings", "add_arguments", "cmd_serve", "create_app"]
 
@@ -139,7 +144,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    from jobs.cli import main
+def main(argv: list[str] | None = None) -> int:
+    """`python jobs/serve.py ...` = `anon serve ...` (its own parser: importing jobs.cli here would be a cycle)."""
+    import logging
+    import os
 
-    sys.exit(main(["serve", *sys.argv[1:]]))
+    from anon_core.offline import go_offline
+
+    go_offline()
+    logging.basicConfig(level=os.environ.get("ANON_LOG_LEVEL", "WARNING"), format="%(levelname)s %(name)s: %(message)s")
+    p = argparse.ArgumentParser(prog="anon serve", description="REST + WebSocket service (API keys from ANON_API_KEYS)")
+    add_arguments(p)
+    return cmd_serve(p.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -164,7 +164,9 @@ def train(args: argparse.Namespace) -> dict:
 
 def log_mlflow(args: argparse.Namespace, train_kw: dict, model_ref: str, run_dir: Path, best: Path,
                exported: Path | None, final: dict[str, float]) -> dict:
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    from anon_core.offline import go_offline
+
+    go_offline()  # before MLflow loads: its telemetry switch is read at import
     import mlflow  # slow import, only on this path
 
     out = Path(args.output).resolve()

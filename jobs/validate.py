@@ -736,7 +736,9 @@ def tracking_uri(args: argparse.Namespace, out: Path) -> str:
 
 
 def log_mlflow(metrics: dict, args: argparse.Namespace, out: Path, artifacts: list[Path]) -> dict:
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    from anon_core.offline import go_offline
+
+    go_offline()  # before MLflow loads: its telemetry switch is read at import
     # MLflow is slow to import and optional for the rest of anon: only this path loads it
     import mlflow
 
@@ -857,9 +859,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from jobs.cli import _env_defaults
+    from anon_core.offline import go_offline
 
-    _env_defaults()
+    go_offline()
     logging.basicConfig(level=os.environ.get("ANON_LOG_LEVEL", "WARNING"), format="%(levelname)s %(name)s: %(message)s")
     p = add_arguments(argparse.ArgumentParser(prog="anon validate", description=__doc__.split("\n")[0]))
     return cmd_validate(p.parse_args(argv))

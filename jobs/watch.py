@@ -115,9 +115,9 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    for k, v in {"HF_HUB_OFFLINE": "1", "MLFLOW_DISABLE_TELEMETRY": "true", "RAY_USAGE_STATS_ENABLED": "0",
-                 "AWS_EC2_METADATA_DISABLED": "true", "YOLO_OFFLINE": "1", "YOLO_AUTOINSTALL": "0"}.items():
-        os.environ.setdefault(k, v)
+    from anon_core.offline import go_offline
+
+    go_offline()
     p = argparse.ArgumentParser(prog="watch", description="Continuous mode: anonymize new assets exactly once.")
     add_arguments(p)
     return cmd_watch(p.parse_args(argv))

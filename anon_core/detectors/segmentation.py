@@ -11,9 +11,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from anon_core.detectors.nanodet import resolve_built
 from anon_core.detectors.onnx_session import make_session
-from anon_core.weights import ModelInfo
+from anon_core.weights import ModelInfo, resolve_built
 
 
 class PersonSegmenter:

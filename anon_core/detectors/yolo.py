@@ -3,7 +3,8 @@
 Weights: a `.pt`, `.onnx` file or an OpenVINO IR folder (`*_openvino_model/`), given as a local path, an fsspec
 URL (`s3://...`, `file://...`; copied into a private temporary folder first, because ultralytics opens files by
 path and picks the backend from the suffix) or an MLflow model URI (`models:/name/version`, `runs:/<id>/path`,
-downloaded with MLflow's artifact client). Class ids map to our class names in config:
+downloaded with MLflow's artifact client by the resolver `jobs/mlflow_weights.py` registers: the core imports no
+MLflow). Class ids map to our class names in config:
 
     detectors:
       plate: {name: yolo, params: {weights: models:/plates/3, classes: {0: plate}, threshold: 0.3}}
@@ -59,8 +60,9 @@ def _local_font() -> Path | None:
 
 def offline_ultralytics():
     """Import ultralytics with every network path closed; returns the module. Idempotent."""
-    os.environ["YOLO_OFFLINE"] = "1"
-    os.environ["YOLO_AUTOINSTALL"] = "0"
+    from anon_core.offline import go_offline
+
+    go_offline()  # YOLO_OFFLINE=1, YOLO_AUTOINSTALL=0 and the other libraries' switches (anon_core/offline.py)
     os.environ.setdefault("YOLO_VERBOSE", "0")
     cdir = config_dir()
     os.environ.setdefault("YOLO_CONFIG_DIR", str(cdir))
@@ -99,12 +101,15 @@ def _find_weights(root: Path) -> Path:
 
 def fetch_weights(uri: str, cache: str | Path | None = None) -> Path:
     """A local path ultralytics can open for `uri`. Never downloads from anywhere `uri` does not name."""
-    if uri.startswith(("models:/", "runs:/", "mlflow-artifacts:/")):
-        os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-        import mlflow
+    from anon_core.weights import resolver_for
 
-        dst = Path(tempfile.mkdtemp(prefix="anon-yolo-mlflow-", dir=cache))
-        return _find_weights(Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst))))
+    resolver = resolver_for(uri)
+    if resolver is not None:  # e.g. MLflow's models:/ (registered by jobs/, see anon_core/weights.py)
+        return _find_weights(resolver(uri, Path(tempfile.mkdtemp(prefix="anon-yolo-resolved-", dir=cache))))
+    if uri.startswith(("models:/", "runs:/", "mlflow-artifacts:/")):
+        raise FileNotFoundError(f"YOLO weights {uri!r}: no resolver for MLflow URIs is registered (it comes with the "
+                                f"`jobs` package: `import jobs`, or register one with anon_core.weights."
+                                f"register_resolver)")
     if "://" in uri and not uri.startswith("file://"):
         import fsspec
 
