@@ -29,8 +29,8 @@ _FAMILIES = {
 # No working Vorbis encoder here (no libvorbis; ffmpeg's native one aborts the process on some signals), and
 # Opus only runs at 48/24/16/12/8 kHz: other Ogg inputs get lossless FLAC-in-Ogg at their own rate.
 _ENCODER_FOR = {"mp3": "libmp3lame", "mp3float": "libmp3lame", "opus": "libopus", "vorbis": "flac", "flac": "flac"}
-_OPUS_RATES = {48000, 24000, 16000, 12000, 8000}
-_DEFAULT_LOSSY_BIT_RATE = {"libmp3lame": 128_000, "libopus": 64_000, "aac": 128_000}
+OPUS_RATES = {48000, 24000, 16000, 12000, 8000}
+DEFAULT_LOSSY_BIT_RATE = {"libmp3lame": 128_000, "libopus": 64_000, "aac": 128_000}
 
 
 @dataclass
@@ -92,7 +92,7 @@ def decode(source: str | BinaryIO, fmt_hint: str = "", max_duration_s: float = 0
                 fmt = frame.format
                 if not fmt.is_planar:  # packed: (1, n*ch) -> (ch, n)
                     arr = arr.reshape(-1, frame.layout.nb_channels).T
-                chunks.append(_to_float(arr, fmt.name))
+                chunks.append(to_float(arr, fmt.name))
                 total += arr.shape[1]
                 if limit and total > limit:
                     raise TooLarge(f"audio longer than the limit of {max_duration_s:.0f} s")
@@ -110,7 +110,7 @@ def decode(source: str | BinaryIO, fmt_hint: str = "", max_duration_s: float = 0
         container.close()
 
 
-def _to_float(arr: np.ndarray, fmt: str) -> np.ndarray:
+def to_float(arr: np.ndarray, fmt: str) -> np.ndarray:
     base = fmt.rstrip("p")
     if base in ("flt", "dbl"):
         return arr.astype(np.float32)
@@ -133,7 +133,7 @@ def _encoder_name(dec: DecodedAudio) -> str:
     if dec.family == "m4a":
         return "aac" if dec.codec != "alac" else "alac"
     name = _ENCODER_FOR.get(dec.codec, _FAMILIES[dec.family][1])
-    if name == "libopus" and dec.sample_rate not in _OPUS_RATES:
+    if name == "libopus" and dec.sample_rate not in OPUS_RATES:
         name = "flac"
     return name
 
@@ -150,8 +150,8 @@ def encode(samples: np.ndarray, dec: DecodedAudio, out_path: str, bit_rate: int 
         layout = dec.layout if av.AudioLayout(dec.layout).nb_channels == channels else \
             ("mono" if channels == 1 else "stereo")
         ctx.layout = layout
-        if codec_name in _DEFAULT_LOSSY_BIT_RATE:
-            ctx.bit_rate = bit_rate or dec.bit_rate or _DEFAULT_LOSSY_BIT_RATE[codec_name]
+        if codec_name in DEFAULT_LOSSY_BIT_RATE:
+            ctx.bit_rate = bit_rate or dec.bit_rate or DEFAULT_LOSSY_BIT_RATE[codec_name]
             if codec_name == "libopus":
                 ctx.bit_rate = min(max(ctx.bit_rate, 6000), 510_000)
         enc_fmt = _pick_format(stream, dec)

@@ -59,7 +59,7 @@ def plan_views(
         if max(w, h) * s <= max_side:
             crops = [(0, 0, w, h)]
         else:
-            crops = _tiles(w, h, tile_size / s, overlap=0.2)
+            crops = grid_tiles(w, h, tile_size / s, overlap=0.2)
         for c in crops:
             views.append(View(frame, s, False, *c))
             if flip:
@@ -67,7 +67,8 @@ def plan_views(
     return views
 
 
-def _tiles(w: int, h: int, tile: float, overlap: float) -> list[tuple[int, int, int, int]]:
+def grid_tiles(w: int, h: int, tile: float, overlap: float) -> list[tuple[int, int, int, int]]:
+    """Square tiles of side `tile` covering a w x h frame, neighbours overlapping by `overlap` (x1, y1, x2, y2)."""
     def starts(n: int) -> list[int]:
         if n <= tile:
             return [0]

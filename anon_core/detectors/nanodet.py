@@ -18,7 +18,7 @@ import numpy as np
 from anon_core.boxes import nms
 from anon_core.detections import Detections
 from anon_core.detectors.base import register_detector
-from anon_core.detectors.multiview import _tiles
+from anon_core.detectors.multiview import grid_tiles
 from anon_core.detectors.onnx_session import make_session
 from anon_core.weights import ModelInfo, model_dir, resolve_built  # noqa: F401 - model_dir: for callers
 
@@ -124,7 +124,7 @@ def plan_tiles(w: int, h: int, tile_size: int, min_side: int) -> list[tuple[int,
     crops = [(0, 0, w, h)]
     if max(w, h) >= min_side:
         tile = min(tile_size, max(w, h))
-        tiles = _tiles(w, h, tile, overlap=0.2)
+        tiles = grid_tiles(w, h, tile, overlap=0.2)
         if len(tiles) > 1:
             crops += tiles
     return crops
@@ -142,7 +142,7 @@ def plan_views(w: int, h: int, tile_size: int, min_side: int, kind: str, upscale
         return [(0, 0, w, h)]
     if kind == "tiles":
         return plan_tiles(w, h, tile_size, min_side)[1:]
-    tiles = _tiles(w, h, up_tile_side(w, h, tile_size, upscale), overlap=0.2)
+    tiles = grid_tiles(w, h, up_tile_side(w, h, tile_size, upscale), overlap=0.2)
     return tiles if len(tiles) > 1 else []
 
 

@@ -25,7 +25,7 @@ from typing import Any
 import av
 import numpy as np
 
-from anon_core.audio.io import _DEFAULT_LOSSY_BIT_RATE, _OPUS_RATES, _to_float
+from anon_core.audio.io import DEFAULT_LOSSY_BIT_RATE, OPUS_RATES, to_float
 from anon_core.audio.settings import AudioSettings
 from anon_core.media.errors import CorruptMedia, TooLarge, UnsupportedMedia
 
@@ -74,9 +74,9 @@ class _Track:
             codec = self.codec_in  # camera MOVs often carry PCM: stays lossless, same sample format
         elif codec not in _ALLOWED[family]:
             codec = "libopus" if family == "webm" else "aac"
-        if codec == "libopus" and self.sample_rate not in _OPUS_RATES:
+        if codec == "libopus" and self.sample_rate not in OPUS_RATES:
             raise UnsupportedMedia(f"audio at {self.sample_rate} Hz cannot be re-encoded as Opus "
-                                   f"(needs one of {sorted(_OPUS_RATES)} Hz)")
+                                   f"(needs one of {sorted(OPUS_RATES)} Hz)")
         self.codec_out = codec
         self.out: av.AudioStream | None = None
         self.packets_out = 0
@@ -93,8 +93,8 @@ class _Track:
         ctx.layout = layout or ("mono" if self.channels == 1 else "stereo" if self.channels == 2 else self.channels)
         if av.AudioLayout(ctx.layout.name).nb_channels != self.channels:
             raise UnsupportedMedia(f"cannot encode {self.channels} audio channels")
-        if self.codec_out in _DEFAULT_LOSSY_BIT_RATE:
-            rate = bit_rate or self.bit_rate or _DEFAULT_LOSSY_BIT_RATE[self.codec_out]
+        if self.codec_out in DEFAULT_LOSSY_BIT_RATE:
+            rate = bit_rate or self.bit_rate or DEFAULT_LOSSY_BIT_RATE[self.codec_out]
             ctx.bit_rate = min(max(rate, 6000), 510_000) if self.codec_out == "libopus" else rate
         formats = [f.name for f in (ctx.codec.audio_formats or [])]
         ctx.format = "fltp" if not formats or "fltp" in formats else formats[0]  # PyAV converts the frames
@@ -119,7 +119,7 @@ class _Track:
             if self.first_time is None:
                 tb = f.time_base or self.in_time_base
                 self.first_time = Fraction(f.pts) * tb if f.pts is not None else Fraction(0)
-            self.chunks.append(_to_float(arr, f.format.name))
+            self.chunks.append(to_float(arr, f.format.name))
             self.samples_in += arr.shape[1]
             if self.limit and self.samples_in > self.limit:
                 raise TooLarge(f"audio track longer than the limit of {self.limit / self.sample_rate:.0f} s")
