@@ -144,7 +144,7 @@ def spec_classes(name: str, params: dict) -> tuple[str, ...] | None:
 
 
 def plate_model_built() -> bool:
-    from anon_core.detectors.nanodet import model_dir
+    from anon_core.weights import model_dir
 
     return (model_dir() / "plate_yolo.onnx").exists()
 
@@ -156,8 +156,6 @@ def gate(detectors: dict, models, wanted: Iterable[str]) -> dict:
     AGPL-3.0 allowed and the model built; every spec is then checked (ModelLicenseError when refused). Specs whose
     classes are known and not wanted are passed through unchecked: they are never built into the pipeline.
     """
-    from anon_core.config import DetectorSpec
-
     allowed, wanted = set(models.allow_licenses), set(wanted)
     if models.plate not in ("auto", "ppocr", "yolo"):
         raise ValueError(f"models.plate must be auto, ppocr or yolo, got {models.plate!r}")
@@ -171,7 +169,7 @@ def gate(detectors: dict, models, wanted: Iterable[str]) -> dict:
             agpl = CARDS["plate_yolo"].license in allowed
             if models.plate == "yolo" or (agpl and plate_model_built()):
                 keep = {k: v for k, v in spec.params.items() if k in ("device", "threads")}
-                spec = DetectorSpec("plate_yolo", keep)
+                spec = replace(spec, name="plate_yolo", params=keep)  # a DetectorSpec (no import: config imports us)
                 say_once(logging.INFO, "plates: YOLOv8n plate model (AGPL-3.0, allowed by models.allow_licenses)")
             elif agpl:
                 say_once(logging.WARNING, "plates: AGPL-3.0 is allowed but the YOLO plate model is not built "
