@@ -20,6 +20,7 @@ import difflib
 import enum
 import functools
 import inspect
+import re
 import types
 import typing
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -91,7 +92,10 @@ def build(cls: type[T], data: Any, *, base: T | None = None, path: str = "", com
     except SchemaError as exc:
         raise exc.under(path) from None
     except (TypeError, ValueError) as exc:
-        raise SchemaError(path, str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
+        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        # "vault.dir must be ..." raised inside `vault`: name the field instead of repeating the section
+        m = re.match(rf"{re.escape(path.rsplit('.', 1)[-1])}\.(\w+):? (.*)", text) if path else None
+        raise (SchemaError(join(path, m.group(1)), m.group(2)) if m else SchemaError(path, text)) from None
 
 
 def _default(cls: type, name: str) -> Any:
