@@ -18,6 +18,7 @@ from anon_core.licenses import PERMISSIVE
 from anon_core.masking.apply import MaskSpec
 from anon_core.media.image_io import MetadataPolicy
 from anon_core.schema import SchemaError, build, check_choices, check_params
+from anon_core.subjects.settings import SubjectSettings
 from anon_core.vault.settings import VaultSettings
 from anon_core.video.settings import VideoSettings
 
@@ -153,6 +154,7 @@ class AnonConfig:
     residual: ResidualSettings = field(default_factory=ResidualSettings)
     vault: VaultSettings = field(default_factory=VaultSettings)
     models: ModelsSettings = field(default_factory=ModelsSettings)
+    subjects: SubjectSettings = field(default_factory=SubjectSettings)
 
     def __post_init__(self) -> None:
         check_choices(self)

@@ -23,6 +23,7 @@ from anon_core.detections import Detections
 from anon_core.detectors import create_detector
 from anon_core.detectors.base import Detector
 from anon_core.masking import Masker
+from anon_core.masking.context import MaskContext
 from anon_core.media import image_io
 from anon_core.media.errors import AnalysisFailed, AssetError, UnsupportedMedia
 from anon_core.media.probe import MediaType, sniff
@@ -72,6 +73,15 @@ class Anonymizer:
             from anon_core.residual import ResidualChecker
 
             self.residual = ResidualChecker(self.config)
+        # subjects.redact_only / keep: a filter on the detected faces (anon_core/subjects); built after the
+        # detectors, which find the faces in the reference photos
+        self.subjects = None
+        if self.config.subjects.enabled:
+            from anon_core.subjects.filter import SubjectFilter
+
+            self.subjects = SubjectFilter.build(self.config.subjects, lambda rgb: self.detect([rgb])[0])
+            if self.residual is not None:
+                self.residual.subjects = self.subjects
 
     # -- what the audit needs to say about this pipeline
     def models(self) -> list[dict]:
@@ -79,7 +89,10 @@ class Anonymizer:
         return [vars(licenses.license_of(i)) for i in infos]
 
     def thresholds(self) -> dict[str, float]:
-        return {f"{k}.threshold": float(getattr(d, "threshold", float("nan"))) for k, d in self.detectors.items()}
+        out = {f"{k}.threshold": float(getattr(d, "threshold", float("nan"))) for k, d in self.detectors.items()}
+        if self.subjects is not None:
+            out["subjects.threshold"] = self.subjects.threshold
+        return out
 
     def stamp(self, rec: AuditRecord) -> AuditRecord:
         rec.policy = self.config.policy
@@ -142,14 +155,23 @@ class Anonymizer:
                 failed.append(True)
         return dets, failed
 
-    def mask(self, frame: np.ndarray, dets: Detections, recorder=None, index: int = 0) -> tuple[np.ndarray, int]:
-        return self.masker.apply(frame, dets, recorder, index)
+    def mask_context(self, recorder=None) -> MaskContext:
+        """Fresh per-asset state for `mask` (vault recorder, subject track evidence)."""
+        return MaskContext(recorder, self.subjects.session() if self.subjects is not None else None)
+
+    def mask(self, frame: np.ndarray, dets: Detections, ctx: MaskContext | None = None, index: int = 0
+             ) -> tuple[np.ndarray, int]:
+        ctx = ctx or self.mask_context()
+        if self.subjects is not None:  # subjects.redact_only / keep: which faces are masked at all
+            dets = (ctx.subjects or self.subjects.session()).select(frame, dets)
+        return self.masker.apply(frame, dets, ctx.recorder, index)
 
     # -- still images
     def anonymize_image(self, data: bytes, media: MediaType, rec: AuditRecord, deadline: Deadline | None = None,
-                        recorder=None) -> bytes:
+                        ctx: MaskContext | None = None) -> bytes:
         t = rec.timings_ms
         deadline = deadline or Deadline(0)
+        ctx = ctx or self.mask_context()
         with timed(t, "decode"):
             dec = image_io.decode(data, media.format, self.config.limits.max_pixels, self.config.limits.max_side)
         rec.height, rec.width = dec.rgb.shape[:2]
@@ -160,24 +182,24 @@ class Anonymizer:
         deadline.check("detect")
         with timed(t, "mask"):
             if failed:
-                if recorder is not None:
-                    recorder.record_whole(0, dec.rgb)
+                if ctx.recorder is not None:
+                    ctx.recorder.record_whole(0, dec.rgb)
                 out = mask_whole_frame(dec.rgb)
                 rec.extra["analysis_errors"] = {"frames_masked_whole": 1}
             else:
-                out, _ = self.mask(dec.rgb, dets, recorder)
+                out, _ = self.mask(dec.rgb, dets, ctx)
         rec.detections = dets.counts()
         rec.masked = dets.counts() if not failed else {"whole_frame": 1}
         if self.residual is not None and not failed:
             with timed(t, "residual"):
-                out = self.residual.check_image(out, rec, recorder)
+                out = self.residual.check_image(out, rec, ctx.recorder)
         with timed(t, "encode"):
             encoded = image_io.encode(out, dec, self.config.metadata, self.config.image.jpeg_quality)
         rec.metadata_removed = dec.removed
         return encoded
 
-    def process_stream(self, fs, path: str, media: MediaType, rec: AuditRecord, workdir: str, recorder=None,
-                       deadline: Deadline | None = None) -> str | None:
+    def process_stream(self, fs, path: str, media: MediaType, rec: AuditRecord, workdir: str,
+                       ctx: MaskContext | None = None, deadline: Deadline | None = None) -> str | None:
         """Anonymize a video or audio asset streamed from storage into a file in the private workdir.
 
         Returns the local output path, or None when the asset failed (the record says why). `deadline`: a
@@ -200,7 +222,7 @@ class Anonymizer:
             # Local files go to PyAV by path (seekable, fastest); object stores are streamed, never read whole.
             source = path if _is_local(fs) else fs.open(path, "rb")
             try:
-                extra = {"recorder": recorder} if recorder is not None and media.kind == "video" else {}
+                extra = {"ctx": ctx} if ctx is not None and media.kind == "video" else {}
                 handler(self, source, out_path, media, rec, deadline=deadline, **extra)
             finally:
                 if not isinstance(source, str):
@@ -222,8 +244,8 @@ class Anonymizer:
         rec.output_sha256, rec.output_size = _hash_file(out_path)
         return out_path
 
-    def process_bytes(self, data: bytes, rec: AuditRecord, recorder=None, deadline: Deadline | None = None
-                      ) -> bytes | None:
+    def process_bytes(self, data: bytes, rec: AuditRecord, ctx: MaskContext | None = None,
+                      deadline: Deadline | None = None) -> bytes | None:
         """Anonymize one in-memory asset; on failure the record says why and nothing is returned."""
         self.stamp(rec)
         rec.input_sha256 = sha256_bytes(data)
@@ -238,7 +260,7 @@ class Anonymizer:
             if not data:
                 raise UnsupportedMedia("empty file (0 bytes)")
             if media.kind == "image":
-                out = self.anonymize_image(data, media, rec, deadline, recorder)
+                out = self.anonymize_image(data, media, rec, deadline, ctx)
             else:
                 raise UnsupportedMedia(f"unsupported or unrecognised media ({media.kind}/{media.format})")
         except AssetError as exc:

@@ -40,6 +40,7 @@ class ResidualChecker:
             raise ValueError(f"residual.detector {rs.detector.name!r} finds {list(self.detector.classes)}, "
                              f"none of which the policy masks ({sorted(wanted)})")
         self.masker = Masker({c: config.masks.get(c, _FALLBACK_MASK) for c in self.classes})
+        self.subjects = None  # set by the Anonymizer when subjects.keep/redact_only filter the faces
 
     def info(self) -> dict:
         from anon_core.licenses import license_of
@@ -77,6 +78,8 @@ class ResidualSession:
             raise AnalysisFailed(f"residual detector failed: {type(exc).__name__}: {exc}") from exc
         if len(dets):
             dets = dets[np.isin(dets.labels.astype(str), c.classes)]
+        if len(dets) and c.subjects is not None:  # a kept subject is not a residual risk
+            dets = c.subjects.apply([rgb], [dets])[0]
         self.frames_checked += 1
         if not len(dets):
             return rgb

@@ -98,7 +98,7 @@ def process_asset(anonymizer: Anonymizer, in_fs, path: str, rel: str, out_fs, ou
     config = anonymizer.config
     rec = AuditRecord(run_id=run_id, input_uri=display_uri(input_uri, path), relative_path=rel, started_at=now())
     rec.config_json = None
-    recorder = None
+    recorder = ctx = None
     try:
         size = len(data) if data is not None else in_fs.size(path)
         if size is not None and size > config.limits.max_bytes:
@@ -112,17 +112,18 @@ def process_asset(anonymizer: Anonymizer, in_fs, path: str, rel: str, out_fs, ou
             target = join(out_root, rel)
             # vault.enabled: the masked regions' pixels are recorded, sealed and published before the output
             recorder = anonymizer.vault.recorder() if anonymizer.vault and media.kind in ("image", "video") else None
+            ctx = anonymizer.mask_context(recorder)
             if media.kind in ("video", "audio"):
                 # Streams go through a private temp dir that is removed on success and failure.
                 with tempfile.TemporaryDirectory(prefix="anon-") as work:
                     os.chmod(work, 0o700)
-                    local = anonymizer.process_stream(in_fs, path, media, rec, work, recorder)
+                    local = anonymizer.process_stream(in_fs, path, media, rec, work, ctx)
                     if local is not None:
                         _publish_vault(anonymizer, recorder, rec, out_fs, out_root, rel, output_uri)
                         put_atomic(out_fs, local, target)
                         rec.output_uri = display_uri(output_uri, target)
             else:
-                out = anonymizer.process_bytes(data if data is not None else in_fs.cat_file(path), rec, recorder)
+                out = anonymizer.process_bytes(data if data is not None else in_fs.cat_file(path), rec, ctx)
                 if out is not None:
                     _publish_vault(anonymizer, recorder, rec, out_fs, out_root, rel, output_uri)
                     write_atomic(out_fs, target, out)
@@ -133,6 +134,8 @@ def process_asset(anonymizer: Anonymizer, in_fs, path: str, rel: str, out_fs, ou
         rec.fail(f"storage error: {exc}", "storage")
     except Exception as exc:  # object-store clients raise their own types (e.g. connection errors): same rule
         rec.fail(f"storage error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}", "storage")
+    if ctx is not None and ctx.subjects is not None:
+        rec.extra["subjects"] = ctx.subjects.report()  # counts only: embeddings never leave memory
     if rec.status == "failed" and recorder is not None and "vault" in rec.extra:
         anonymizer.vault.discard(out_fs, out_root, rel)
         rec.extra.pop("vault")

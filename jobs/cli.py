@@ -135,6 +135,11 @@ def build_parser() -> argparse.ArgumentParser:
     sh = sub.add_parser("shred", help="destroy the key material of a vault key id (crypto-shredding)")
     sh.set_defaults(func=vault_cli.cmd_shred)
     vault_cli.add_shred_arguments(sh)
+    from jobs import subjects_cli
+
+    fs_ = sub.add_parser("find-subject", help="list assets/frames where the person in --ref photos appears")
+    fs_.set_defaults(func=subjects_cli.cmd_find_subject)
+    subjects_cli.add_arguments(fs_)
     return p
 
 

@@ -118,9 +118,11 @@ class _Analyser:
     """Detect on every k-th frame, push to the scheduler, mask frames as they become final."""
 
     def __init__(self, anonymizer, settings: VideoSettings, reader: VideoReader, timings: dict[str, float],
-                 recorder=None):
+                 ctx=None):
         self.anonymizer = anonymizer
-        self.recorder = recorder  # vault.enabled: keeps the pixels under every mask (anon_core/vault)
+        # per-asset mask state (vault recorder, subject tracks), passed through to mask application
+        self.ctx = ctx if ctx is not None else anonymizer.mask_context()
+        self.recorder = self.ctx.recorder
         # fail closed: frames whose analysis failed (on_analysis_error=mask_frame) are masked whole
         self.failed: set[int] = set()
         self.residual = anonymizer.residual.session(float(reader.rate)) if anonymizer.residual else None
@@ -214,7 +216,7 @@ class _Analyser:
                 out.append(Frame(f.index, rgb, f.pts, f.duration))
                 continue
             if len(d):
-                rgb, _ = self.anonymizer.mask(rgb, d, self.recorder, idx)
+                rgb, _ = self.anonymizer.mask(rgb, d, self.ctx, idx)
                 for label, n in d.counts().items():
                     self.masked[label] = self.masked.get(label, 0) + n
             if self.residual is not None and self.residual.due(idx):
@@ -238,7 +240,7 @@ def _video_audio(audio, reader: VideoReader, family: str, rec, deadline: Deadlin
 
 
 def anonymize_video(anonymizer, source, out_path: str, media, rec, deadline: Deadline | None = None,
-                    recorder=None) -> None:
+                    ctx=None) -> None:
     """Anonymize one video from `source` (local path or binary file object) into `out_path`.
 
     Fills `rec` (size, frames, duration, detections, masked, metadata_removed, timings, extra) and
@@ -264,7 +266,7 @@ def anonymize_video(anonymizer, source, out_path: str, media, rec, deadline: Dea
         _add_ms(timings, "decode", t0)
         voice = _video_audio(anonymizer.config.audio, reader, family, rec, deadline)
         writer = VideoWriter(out_path, family, reader, settings, audio=voice)
-        analyser = _Analyser(anonymizer, settings, reader, timings, recorder)
+        analyser = _Analyser(anonymizer, settings, reader, timings, ctx)
 
         def decoded() -> Iterator[Batch]:
             it = reader.batches(settings.batch_size)

@@ -1,0 +1,43 @@
+"""`subjects.*` configuration: redact or keep only the faces of named people (reference photos)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# Calibrated on ../shared/data/face_video by 5-fold cross-validation (benchmarks/subjects.py, RESULTS.md).
+DEFAULT_THRESHOLD = 0.6
+
+
+@dataclass
+class SubjectSettings:
+    """redact_only: mask only the faces that match one of these reference photos (every other face stays).
+    keep: leave the faces that match these photos visible and mask every other face.
+    threshold: largest embedding distance that counts as the same person (dlib ResNet, Euclidean).
+    Only one of redact_only / keep may be set. Reference photos must each show one clear face (the largest
+    face found is used). Embeddings stay in memory: they are never written to the audit or logs.
+    """
+
+    redact_only: list[str] = field(default_factory=list)
+    keep: list[str] = field(default_factory=list)
+    threshold: float = DEFAULT_THRESHOLD
+    label: str = "face"
+
+    def __post_init__(self) -> None:
+        self.redact_only = [str(p) for p in (self.redact_only or [])]
+        self.keep = [str(p) for p in (self.keep or [])]
+        if self.redact_only and self.keep:
+            raise ValueError("subjects.redact_only and subjects.keep cannot both be set")
+        if not 0.0 < float(self.threshold) < 2.0:
+            raise ValueError("subjects.threshold must be in (0, 2)")
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.redact_only or self.keep)
+
+    @property
+    def mode(self) -> str:
+        return "redact_only" if self.redact_only else "keep" if self.keep else "off"
+
+    @property
+    def references(self) -> list[str]:
+        return self.redact_only or self.keep
