@@ -708,6 +708,9 @@ def mlflow_metrics(metrics: dict) -> dict[str, float]:
             put(f"video.{key}.leak_rate", v["leak_rate"])
             put(f"video.{key}.frame_leak_rate", v["frame_leak_rate"])
             put(f"video.{key}.max_longest_leak_run", v["max_longest_leak_run"])
+    for name, r in (metrics.get("reid") or {}).get("rank1", {}).items():
+        for band, v in r.items():
+            put(f"reid.{name}.rank1_{band}", v)
     return out
 
 
@@ -792,6 +795,7 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--experiment", default="anon-validate", help="MLflow experiment name")
     p.add_argument("--no-mlflow", action="store_true", help="skip MLflow logging")
     p.add_argument("--progress", action="store_true", help="progress lines on stderr")
+    p.add_argument("--reid", action="store_true", help="face re-identification attack (needs the `subjects` extra)")
     return p
 
 
@@ -806,6 +810,11 @@ def validate(args: argparse.Namespace) -> dict:
     runner = run_video if ds.kind == "video" else run_images
     col = runner(ds, pipe, out, iou, args.match, args.progress)
     metrics = compute_metrics(ds, pipe, col, iou, args.match, args.target_fpr)
+    if getattr(args, "reid", False) and ds.kind != "video" and "face" in ds.classes:  # anon_core/evaluation/reid.py
+        from anon_core.evaluation.reid import validate_reid
+
+        metrics["reid"] = validate_reid(col.pairs, _load_rgb, pipe.anonymizer.mask, pipe.operating,
+                                        pipe.config.masks["face"])
 
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1, default=str), encoding="utf-8")
     write_csv(col.rows, out / "per_image.csv")
@@ -833,6 +842,8 @@ def validate(args: argparse.Namespace) -> dict:
                                "recall": cal.get("recall"), "fpr": cal.get("fpr")}
         summary[c] = s
     summary["over_masking"] = metrics["over_masking"]
+    if "reid" in metrics:
+        summary["reid_rank1"] = {k: v["all"] for k, v in metrics["reid"]["rank1"].items()}
     if "video" in metrics:
         v = metrics["video"]
         summary["video"] = {k: {"frame_leak_rate": v[k]["frame_leak_rate"], "leak_rate": v[k]["leak_rate"],
