@@ -58,6 +58,9 @@ CARDS: dict[str, ModelCard] = {c.key: c for c in [
               "VAD fallback", runtime="compiled"),
     ModelCard("resemblyzer", "resemblyzer 0.1.4 (PyPI, `pretrained.pt`)", "Apache-2.0", "40-band mel frames",
               "voice.md", "speaker embedding: see voice.md", runtime="torch"),
+    ModelCard("dlib_face_resnet", "face-recognition-models 0.3.0 (PyPI; run by dlib-bin 20.0.1.post1, BSL-1.0)",
+              "CC0-1.0", "RGB frame + face box (5-point landmarks, 150x150 chip)", "face_embedding.md",
+              "subjects: see RESULTS.md 'Subject-level redaction'", runtime="dlib"),
     ModelCard("yolo", "the deployment's own weights, run by ultralytics 8.4.190 (AGPL-3.0)", "AGPL-3.0",
               "per weights (imgsz)", "yolo.md", "per weights: measure with `anon validate`",
               runtime="ultralytics"),
@@ -67,7 +70,8 @@ CARDS: dict[str, ModelCard] = {c.key: c for c in [
 _NAME_TO_CARD = (("retinaface", "retinaface"), ("centerface", "centerface"), ("nanodet", "nanodet"),
                  ("selfie", "selfie"), ("ppocrv4-det", "ppocr_det"), ("ppocrv4-rec", "ppocr_rec"),
                  ("plates:", "ppocr_det"), ("plate-yolov8n", "plate_yolo"), ("yolo:", "yolo"),
-                 ("silero", "silero_vad"), ("resemblyzer", "resemblyzer"), ("webrtc", "webrtcvad"))
+                 ("silero", "silero_vad"), ("resemblyzer", "resemblyzer"), ("webrtc", "webrtcvad"),
+                 ("dlib_face_recognition", "dlib_face_resnet"))
 
 
 class ModelLicenseError(ValueError):

