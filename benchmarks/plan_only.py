@@ -102,11 +102,11 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 200_000])
     ap.add_argument("--workdir", default="/tmp/anon_plan_bench")
     args = ap.parse_args()
-    from anon_core.config import AnonConfig
-    from jobs.config import compose_dict
+    from jobs.anonymize import JOB_KEYS
+    from jobs.config import anon_config, compose_dict
 
     d = compose_dict(["input=a", "output=b", "policy=faces"], config_name="job")
-    config_hash = AnonConfig.from_dict({k: v for k, v in d.items() if k in AnonConfig.__dataclass_fields__}).hash()
+    config_hash = anon_config(d, extra_keys=JOB_KEYS).hash()
     results = []
     for n in args.sizes:
         work = Path(args.workdir) / f"n{n}"

@@ -33,9 +33,10 @@ def _cfg(inp: Path, out: Path, *overrides: str) -> dict:
 
 
 def _config_hash(cfg: dict) -> str:
-    from anon_core.config import AnonConfig
+    from jobs.anonymize import JOB_KEYS
+    from jobs.config import anon_config
 
-    return AnonConfig.from_dict({k: v for k, v in cfg.items() if k in AnonConfig.__dataclass_fields__}).hash()
+    return anon_config(cfg, extra_keys=JOB_KEYS).hash()
 
 
 def _archive(root: Path) -> dict[str, bytes]:
