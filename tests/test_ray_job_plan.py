@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
@@ -14,6 +15,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+# As tests/test_ray_job.py: token auth from the environment, set before Ray is imported (Ray caches the mode it
+# finds first, whichever of these modules is collected first).
+os.environ["RAY_AUTH_MODE"] = "token"
+os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(16))
 pytest.importorskip("ray")
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -5,6 +5,8 @@ frame (it crosses every cut), and the job records one row per asset with its seg
 from __future__ import annotations
 
 import json
+import os
+import secrets
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +16,8 @@ from tests.segment_helpers import make_gop_clip
 from tests.video_helpers import packet_bytes, read_video, run_video
 
 pytest.importorskip("av")
+os.environ["RAY_AUTH_MODE"] = "token"  # as tests/test_ray_job.py, before Ray is imported
+os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(16))
 
 
 def _face_changed(frames, orig, boxes) -> list[float]:

@@ -31,6 +31,9 @@ PACKED_FIELDS = ["config_hash", "input_sha256", "input_size", "output_size", "ou
 SEP = "\x1f"  # unit separator: never in hashes, sizes, URIs or run ids
 LATEST = pa.schema([("relative_path", pa.string()), ("packed", pa.string())])
 CATEGORIES = ("new", "changed", "config_changed", "done")
+# A key no listing can produce (relative paths never hold NUL): one such row on each side of the join, so
+# neither side is ever empty (a join over an input without rows has no columns to join on).
+SENTINEL = "\x00"
 
 
 def _is_part(path: str, root: str) -> bool:
@@ -110,8 +113,10 @@ def manifest_source(uri: str, storage_options: dict):
                                     batch_format="pyarrow", num_cpus=0.25))
     files_ds = parts[0] if len(parts) == 1 else parts[0].union(parts[1])
     # Parts are small (one batch of assets each): read them in groups, many tasks in parallel.
-    return files_ds.map_batches(read_parts, fn_args=(uri, storage_options), batch_size=64, batch_format="pyarrow",
+    rows = files_ds.map_batches(read_parts, fn_args=(uri, storage_options), batch_size=64, batch_format="pyarrow",
                                 num_cpus=0.25)
+    return rows.union(ray.data.from_arrow(pa.table({"relative_path": [SENTINEL], "packed": [None]},
+                                                   schema=LATEST)))
 
 
 def latest_rows(manifests, partitions: int):
@@ -124,6 +129,7 @@ def latest_rows(manifests, partitions: int):
 
 def classify(batch: pa.Table, config_hash: str, resume: bool) -> pa.Table:
     """Ray Data task: category and (for `done` candidates with resume on) the previous row, per listed asset."""
+    batch = batch.filter(pc.not_equal(batch["rel"], SENTINEL))
     n = batch.num_rows
     packed = batch.column("packed").to_pylist() if "packed" in batch.column_names else [None] * n
     sizes = batch.column("size").to_pylist()
@@ -158,6 +164,12 @@ def planned(settings, config_hash: str, partitions: int):
     assets = source(settings)
     manifests = manifest_source(settings.manifest_root, settings.storage_options)
     if manifests is not None:
+        import ray
+
+        from jobs.archive.listing import COLUMNS
+
+        sentinel = {n: [None] for n in COLUMNS.names} | {"rel": [SENTINEL], "size": [0], "media_type": ["unknown"]}
+        assets = assets.union(ray.data.from_arrow(pa.table(sentinel, schema=COLUMNS)))
         latest = latest_rows(manifests, partitions)
         assets = assets.join(latest, join_type="left_outer", num_partitions=partitions, on=("rel",),
                              right_on=("relative_path",))
