@@ -153,9 +153,14 @@ def _run(assets, settings: JobSettings, config: AnonConfig, run_id: str, t0: flo
     todo = TodoWriter(settings, run_id)
     state = {"last": time.perf_counter()}
 
+    import ray.data
+
+    strategy = (ray.data.ActorPoolStrategy(min_size=max(1, actors), max_size=max(actors, settings.max_actors))
+                if settings.max_actors else ray.data.ActorPoolStrategy(size=actors))
+
     def pool(ds, phase: int, batch_size: int):
         return ds.map_batches(AnonymizeActor, fn_constructor_kwargs={**kwargs, "phase": phase},
-                              compute=ray_data().ActorPoolStrategy(size=actors), batch_size=batch_size,
+                              compute=strategy, batch_size=batch_size,
                               num_cpus=num_cpus, num_gpus=num_gpus or None)
 
     ds = pool(assets.repartition(target_num_rows_per_block=batch), 1, batch)
@@ -193,12 +198,6 @@ def _run(assets, settings: JobSettings, config: AnonConfig, run_id: str, t0: flo
     if summary["failed"] > len(failures):
         print(f"... and {summary['failed'] - len(failures)} more failures (see the manifest)", file=sys.stderr)
     return summary, stats_text
-
-
-def ray_data():
-    import ray.data
-
-    return ray.data
 
 
 def _count(summary: dict, failures: list[str], rows: list[dict], settings: JobSettings, t0: float,

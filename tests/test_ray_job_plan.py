@@ -152,3 +152,40 @@ def test_plan_only_cli_prints_the_plan_as_last_line(tmp_path):
     plan = json.loads(res.stdout.strip().splitlines()[-1])
     assert plan["plan_only"] is True and plan["to_process"]["assets"] == 10
     assert not (tmp_path / "out").exists()
+
+
+def test_infra_autoscaling_and_dag_plan_then_run():
+    import ast
+
+    import yaml
+
+    doc = yaml.safe_load((ROOT / "infra" / "rayjob.yaml").read_text())
+    cluster = doc["spec"]["rayClusterSpec"]
+    assert cluster["enableInTreeAutoscaling"] is True and cluster["autoscalerOptions"]["idleTimeoutSeconds"] > 0
+    groups = {g["groupName"]: g for g in cluster["workerGroupSpecs"]}
+    assert groups["gpu-workers"]["minReplicas"] == 0 < groups["gpu-workers"]["maxReplicas"]
+    assert groups["cpu-workers"]["maxReplicas"] > groups["cpu-workers"]["minReplicas"]
+    assert "job.max_actors=" in doc["spec"]["entrypoint"] and "job.segment_s=" in doc["spec"]["entrypoint"]
+
+    src = (ROOT / "infra" / "airflow_dag.py").read_text()
+    assert "job.plan_only=true" in src and "plan >> gate >> run" in src
+    tree = ast.parse(src)
+    fn = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "has_work")
+    ns: dict = {}
+    exec(compile(ast.Module([fn], []), "airflow_dag.py", "exec"), ns)  # the gate's logic, without Airflow
+
+    class TI:
+        def __init__(self, plan):
+            self.plan = plan
+
+        def xcom_pull(self, task_ids):
+            return self.plan
+
+    def plan(n, b):
+        return {"to_process": {"assets": n, "bytes": b}, **{k: {"assets": 0} for k in
+                                                          ("new", "changed", "config_changed", "done")}}
+
+    assert ns["has_work"](TI(plan(0, 0))) is False
+    assert ns["has_work"](TI(plan(3, 100)), "1000") is True
+    with pytest.raises(RuntimeError):
+        ns["has_work"](TI(plan(3, 5000)), "1000")

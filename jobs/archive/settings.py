@@ -21,6 +21,8 @@ class JobSettings:
     retries: int = 2
     resume: bool = True
     actors: int = 0
+    # >0: an autoscaling pool from `actors` (at least 1) up to this many (KubeRay adds nodes for them)
+    max_actors: int = 0
     batch_size: int = 8
     num_cpus: float = 0.5
     num_gpus: Any = "auto"
