@@ -35,13 +35,10 @@ _ROOT = Path(__file__).resolve().parent.parent
 if str(_ROOT) not in sys.path:  # `python jobs/anonymize.py` (and ray job submit's copy) import the repo beside it
     sys.path.insert(0, str(_ROOT))
 
-for _k, _v in {"RAY_USAGE_STATS_ENABLED": "0", "AWS_EC2_METADATA_DISABLED": "true", "HF_HUB_OFFLINE": "1",
-               "MLFLOW_DISABLE_TELEMETRY": "true", "YOLO_OFFLINE": "1"}.items():
-    os.environ.setdefault(_k, _v)
-
 import numpy as np  # noqa: E402
 
-from anon_core.config import AnonConfig  # noqa: E402
+from anon_core.config import AnonConfig  # noqa: E402 (importing anon_core turns telemetry off)
+from anon_core.offline import offline_env  # noqa: E402
 from anon_core.storage import filesystem, join  # noqa: E402
 from jobs.archive.actor import (  # noqa: E402,F401 - re-exported: tests and Ray pickle these by reference
     RESULT_KEYS,
@@ -65,8 +62,7 @@ def init_ray(settings: JobSettings) -> None:
     import ray
 
     address = settings.ray_address or os.environ.get("RAY_ADDRESS") or "local"
-    env = {"env_vars": {"RAY_USAGE_STATS_ENABLED": "0", "AWS_EC2_METADATA_DISABLED": "true", "HF_HUB_OFFLINE": "1",
-                        "YOLO_OFFLINE": "1"}}
+    env = {"env_vars": offline_env()}
     if address == "local":
         # A private instance: never attach to someone else's `ray start` found in /tmp/ray.
         ray.init(address="local", num_cpus=settings.num_cpus_local, include_dashboard=False, runtime_env=env,

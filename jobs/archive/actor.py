@@ -17,14 +17,12 @@ import numpy as np
 from anon_core.audit import AuditRecord, now, write_manifest
 from anon_core.config import AnonConfig
 from anon_core.media.probe import IMAGE_EXTENSIONS
-from anon_core.storage import filesystem, join
+from anon_core.retry import RETRYABLE, retry
+from anon_core.storage import display_uri, filesystem, join, sha256_stream
 from jobs.archive.settings import JobSettings
 
 log = logging.getLogger("anon.job")
 
-# Failures worth another attempt: storage hiccups and unexpected errors. A corrupt or unsupported file fails the
-# same way every time, so it is recorded at once.
-RETRYABLE = {"storage", "internal", "resources"}
 # What the actor returns per asset to the driver (progress + summary); the full rows go to the manifest.
 RESULT_KEYS = ("relative_path", "status", "error_code", "media_type", "input_size", "output_size", "frames",
                "duration_s", "seconds")
@@ -134,16 +132,12 @@ class AnonymizeActor:
             if data is not None:
                 digest, size = hashlib.sha256(data).hexdigest(), len(data)
             else:
-                from anon_core.pipeline import _hash_stream
-
-                digest, size = _hash_stream(self.in_fs, item["path"])
+                digest, size = sha256_stream(self.in_fs, item["path"])
         except (OSError, FileNotFoundError):
             return None
         if digest != prev.get("input_sha256"):
             return None
-        from anon_core.runner import _display
-
-        rec = AuditRecord(run_id=self.run_id, input_uri=_display(self.settings.input, item["path"]),
+        rec = AuditRecord(run_id=self.run_id, input_uri=display_uri(self.settings.input, item["path"]),
                           relative_path=item["rel"], status="skipped", started_at=now())
         self.anonymizer.stamp(rec)
         rec.input_sha256, rec.input_size = digest, size
@@ -155,32 +149,31 @@ class AnonymizeActor:
     def _process(self, item: dict, data: bytes | None) -> AuditRecord:
         from anon_core.runner import process_asset
 
-        attempts = 0
-        while True:
-            attempts += 1
-            try:
-                rec = process_asset(self.anonymizer, self.in_fs, item["path"], item["rel"], self.out_fs, self.out_root,
-                                    run_id=self.run_id, input_uri=self.settings.input,
-                                    output_uri=self.settings.output, data=data)
+        def once(attempt: int) -> AuditRecord:
+            if attempt > 1:
+                log.warning("retrying %s (attempt %d)", item["rel"], attempt)
+            try:  # a retry fetches again: the prefetched copy may be what went wrong
+                return process_asset(self.anonymizer, self.in_fs, item["path"], item["rel"], self.out_fs,
+                                     self.out_root, run_id=self.run_id, input_uri=self.settings.input,
+                                     output_uri=self.settings.output, data=data if attempt == 1 else None)
             except Exception as exc:  # fail closed: the asset is recorded, the batch goes on
                 log.exception("unexpected error on %s", item["rel"])
                 rec = AuditRecord(run_id=self.run_id, input_uri=item["path"], relative_path=item["rel"])
                 self.anonymizer.stamp(rec).fail(f"internal error: {type(exc).__name__}: {exc}", "internal")
                 rec.finished_at = now()
-            if rec.status == "ok" or rec.error_code not in RETRYABLE or attempts > self.settings.retries:
-                break
-            log.warning("retrying %s (attempt %d): %s", item["rel"], attempts + 1, rec.error)
-            data = None  # fetch again: the prefetched copy may be what went wrong
-            time.sleep(min(0.5 * 2 ** (attempts - 1), 8.0))
+                return rec
+
+        rec, attempts = retry(once, again=lambda r: r.status != "ok" and r.error_code in RETRYABLE,
+                              max_attempts=self.settings.retries + 1, what=item["rel"])
         rec.extra["attempts"] = attempts
         return rec
 
     def _commit(self, records: list[AuditRecord]) -> None:
         """One Parquet part per batch, named by its assets: a retried batch overwrites, never adds."""
         key = hashlib.sha256("\n".join(sorted(r.relative_path for r in records)).encode()).hexdigest()[:20]
-        from anon_core.runner import _config_json
+        from anon_core.runner import config_json
 
-        records[0].config_json = _config_json(self.config)
+        records[0].config_json = config_json(self.config)
         path = join(self.man_root, f"run_id={self.run_id}/part-{key}.parquet")
         # The batch's outputs are durable: a failed part write is retried here (same name: idempotent), not
         # raised, which would fail the whole Ray Data job.
@@ -192,16 +185,7 @@ STORAGE_RETRY_S = 120.0  # how long a manifest/summary write keeps trying throug
 
 def with_retries(fn, what: str, budget_s: float = STORAGE_RETRY_S) -> Any:
     """fn() with exponential backoff (0.5 s .. 8 s) on any exception, until budget_s has passed."""
-    t0, attempt = time.monotonic(), 0
-    while True:
-        attempt += 1
-        try:
-            return fn()
-        except Exception as exc:
-            if time.monotonic() - t0 > budget_s:
-                raise
-            log.warning("writing %s failed (attempt %d), retrying: %s", what, attempt, exc)
-            time.sleep(min(0.5 * 2 ** (attempt - 1), 8.0))
+    return retry(lambda _attempt: fn(), budget_s=budget_s, retry_on=(Exception,), what=f"writing {what}")[0]
 
 
 def size_of(prev: dict) -> int | None:

@@ -25,8 +25,8 @@ def finish_asset(settings_d: dict, run_id: str, item: dict, results: list[dict])
     """Join the asset's segments (all reported by the actors) and write its one manifest row; returns the
     driver's result row. A failed segment makes the asset `failed` (nothing is published)."""
     from anon_core.audit import AuditRecord, now, write_manifest
-    from anon_core.pipeline import _hash_file, _hash_stream
-    from anon_core.runner import _display
+    from anon_core.pipeline import _hash_file
+    from anon_core.storage import display_uri, sha256_stream
     from anon_core.video.segments import SegmentPlan, join_segments
     from jobs.archive.actor import with_retries
     from jobs.archive.segments import _close, _open
@@ -42,7 +42,7 @@ def finish_asset(settings_d: dict, run_id: str, item: dict, results: list[dict])
     results = sorted(results, key=lambda r: r["segment"])
     ok = [r for r in results if r["status"] == "segment_ok"]
     stamp = json.loads(out_fs.cat_file(join(stage, "stamp.json"))) if ok else {}
-    rec = AuditRecord(run_id=run_id, input_uri=_display(settings.input, item["path"]), relative_path=rel,
+    rec = AuditRecord(run_id=run_id, input_uri=display_uri(settings.input, item["path"]), relative_path=rel,
                       media_type="video", started_at=now())
     for k, v in stamp.items():
         setattr(rec, k, v)
@@ -75,11 +75,11 @@ def finish_asset(settings_d: dict, run_id: str, item: dict, results: list[dict])
                     info = join_segments(src, plan, locals_, out, video)
                 finally:
                     _close(src)
-                rec.input_sha256, rec.input_size = _hash_stream(in_fs, item["path"])
+                rec.input_sha256, rec.input_size = sha256_stream(in_fs, item["path"])
                 rec.output_sha256, rec.output_size = _hash_file(out)
                 target = join(out_root, rel)
                 put_atomic(out_fs, out, target)
-            rec.output_uri = _display(settings.output, target)
+            rec.output_uri = display_uri(settings.output, target)
             rec.status = "ok"
             rec.frames = info["frames"]
             rec.duration_s = float((plan.pts[-1] + plan.durations[-1] - plan.pts[0]) * plan.tb)

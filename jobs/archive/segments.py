@@ -177,12 +177,12 @@ def process_segment(actor, item: dict) -> dict:
 def _write_stamp(actor, stage: str) -> None:
     """What the asset's row says about models and config (the join task loads no models)."""
     from anon_core.audit import AuditRecord
-    from anon_core.runner import _config_json
+    from anon_core.runner import config_json
 
     path = join(stage, "stamp.json")
     if actor.out_fs.exists(path):
         return
     rec = actor.anonymizer.stamp(AuditRecord())
     d = {k: getattr(rec, k) for k in ("policy", "classes", "models", "thresholds", "config_hash")}
-    d["config_json"] = _config_json(actor.config)
+    d["config_json"] = config_json(actor.config)
     write_atomic(actor.out_fs, path, json.dumps(d, default=str).encode())
