@@ -82,6 +82,13 @@ class Limits:
     # 6 h: far above any asset's normal time on a CPU, short enough that a stuck asset frees its worker.
     asset_timeout_s: float = 21_600.0
 
+    def __post_init__(self) -> None:
+        for name in ("max_pixels", "max_side", "max_bytes", "max_video_frames"):
+            if getattr(self, name) < 1:
+                raise SchemaError(name, f"must be >= 1; got {getattr(self, name)!r}")
+        if self.asset_timeout_s < 0:
+            raise SchemaError("asset_timeout_s", f"must be >= 0 (0: no limit); got {self.asset_timeout_s!r}")
+
 
 AnalysisErrorMode = Literal["fail", "mask_frame"]
 PlateModel = Literal["auto", "ppocr", "yolo"]
@@ -111,11 +118,17 @@ class ResidualSettings:
 
     def __post_init__(self) -> None:
         check_choices(self)
+        if self.video_every_s < 0:
+            raise SchemaError("video_every_s", f"must be >= 0 (0: every frame); got {self.video_every_s!r}")
 
 
 @dataclass
 class ImageSettings:
     jpeg_quality: int = 92
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.jpeg_quality <= 100:
+            raise SchemaError("jpeg_quality", f"must be in [1, 100]; got {self.jpeg_quality!r}")
 
 
 @dataclass

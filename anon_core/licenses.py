@@ -174,7 +174,8 @@ def gate(detectors: dict, models, wanted: Iterable[str]) -> dict:
             if models.plate == "yolo" or (agpl and plate_model_built()):
                 keep = {k: v for k, v in spec.params.items() if k in ("device", "threads")}
                 spec = replace(spec, name="plate_yolo", params=keep)  # a DetectorSpec (no import: config imports us)
-                say_once(logging.INFO, "plates: YOLOv8n plate model (AGPL-3.0, allowed by models.allow_licenses)")
+                say_once(logging.WARNING, "plates: YOLOv8n plate model, AGPL-3.0 weights (allowed by "
+                         "models.allow_licenses)")
             elif agpl:
                 say_once(logging.WARNING, "plates: AGPL-3.0 is allowed but the YOLO plate model is not built "
                          "(`make setup` / models/build.py): using the permissive PP-OCR plate search")

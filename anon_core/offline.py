@@ -18,8 +18,11 @@ the versions pinned in pyproject.toml (tests/test_no_network.py runs image, vide
 - huggingface_hub / transformers (pyannote speakers): hub lookups and telemetry (HF_HUB_OFFLINE & co.).
 - botocore (s3fs): the EC2 instance-metadata endpoint when no credentials are configured
   (AWS_EC2_METADATA_DISABLED); google-auth (gcsfs): the GCE metadata server (NO_GCE_CHECK).
-- OpenVINO: the runtime sends nothing (its openvino-telemetry package is used by the model converter tools only,
-  which anon does not run); torch: no hub access anywhere in anon (weights come from packages or paths).
+- OpenVINO: `import openvino` imports its model converter (`openvino.tools.ovc`), which sends a Google Analytics
+  event from a forked child at import unless a consent file in ~/intel says no (measured: a DNS query for
+  www.google-analytics.com). anon never converts models at run time, so `import_openvino()` imports the runtime
+  with the converter held back; every OpenVINO import in anon goes through it.
+- torch: no hub access anywhere in anon (weights come from packages or paths).
 """
 
 from __future__ import annotations
@@ -72,4 +75,23 @@ def go_offline() -> None:
                         "ORT_DISABLE_TELEMETRY=1 in the environment (or import anon_core first)")
 
 
-__all__ = ["OFFLINE_ENV", "go_offline", "offline_env"]
+def import_openvino():
+    """`import openvino` without the converter's import-time telemetry (see above); ImportError if not installed.
+
+    openvino's `__init__` tolerates an ImportError for `openvino.tools.ovc`: a None entry in sys.modules makes that
+    import fail for the moment of our import, then the entry is removed, so an explicit import later still works."""
+    if "openvino" in sys.modules and sys.modules["openvino"] is not None:
+        return sys.modules["openvino"]
+    go_offline()
+    held_back = "openvino.tools.ovc" not in sys.modules
+    if held_back:
+        sys.modules["openvino.tools.ovc"] = None  # type: ignore[assignment]
+    try:
+        import openvino
+    finally:
+        if held_back and sys.modules.get("openvino.tools.ovc", 0) is None:
+            del sys.modules["openvino.tools.ovc"]
+    return openvino
+
+
+__all__ = ["OFFLINE_ENV", "go_offline", "import_openvino", "offline_env"]

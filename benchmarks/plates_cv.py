@@ -105,9 +105,13 @@ def reading_scores(gts: list, dets: list) -> list[np.ndarray]:
     return out
 
 
-def rescored(dets: list, ps: list, floor: float) -> list:
-    return [Detections(d.xyxy, (d.scores * (floor + (1 - floor) * p)).astype(np.float32), d.labels)
-            for d, p in zip(dets, ps)]
+def rescored(dets: list, ps: list, floor: float, large: tuple[float, float] = (128.0, 0.0)) -> list:
+    """The plate detector's rescoring (plates.py): floor by box height, then s * (floor + (1 - floor) * score)."""
+    out = []
+    for d, p in zip(dets, ps):
+        f = np.where(d.xyxy[:, 3] - d.xyxy[:, 1] >= large[0], large[1], floor)
+        out.append(Detections(d.xyxy, (d.scores * (f + (1 - f) * p)).astype(np.float32), d.labels))
+    return out
 
 
 def main() -> None:

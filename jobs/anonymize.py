@@ -238,9 +238,16 @@ def _hydra_entry():
     from omegaconf import OmegaConf
 
     from anon_core.schema import SchemaError
-    from jobs.config import register
+    from jobs.config import anon_config, compose_dict, register
 
     register()  # the schema (anon_core/config.py's dataclasses) under conf/
+    argv = sys.argv[1:]
+    if not any(a.startswith("-") or a.lstrip("+~").startswith("hydra") for a in argv):
+        try:  # plain overrides: check them against the schema first, for one line naming a bad key
+            anon_config(compose_dict(argv, config_name="job"), extra_keys=JOB_KEYS)
+        except SchemaError as exc:
+            print(f"anon job: bad configuration: {exc}", file=sys.stderr, flush=True)
+            sys.exit(2)
 
     @hydra.main(config_path="../conf", config_name="job", version_base=None)
     def main(cfg) -> None:

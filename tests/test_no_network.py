@@ -74,23 +74,45 @@ def _media(inp: Path) -> None:
     write(inp / "speech.wav", utterance(), SR, "wav", "pcm_s16le")
 
 
-def test_anonymize_image_video_audio_connects_nowhere(tmp_path):
-    inp, out, home = tmp_path / "in", tmp_path / "out", tmp_path / "home"
-    _media(inp)
+def _traced_anonymize(tmp_path: Path, inp: Path, *sets: str) -> tuple[str, Path]:
+    """Run `anon anonymize` under strace with a private HOME and no offline variables; (trace text, output)."""
+    out, home = tmp_path / "out", tmp_path / "home"
     home.mkdir()
     env = {k: v for k, v in os.environ.items() if k not in OFFLINE_ENV and not k.startswith("XDG_")}
     env.update(HOME=str(home), ANON_VOICE_KEY="no-network-test-key", ANON_ORT_THREADS="1")
     trace = tmp_path / "connect.trace"
     cmd = [STRACE, "-f", "-qq", "-e", "trace=connect", "-o", str(trace), sys.executable, "-m", "jobs.cli",
-           "anonymize", str(inp), "-o", str(out), "--set", "policy=full", "--no-progress"]
+           "anonymize", str(inp), "-o", str(out), "--no-progress"]
+    for kv in sets:
+        cmd += ["--set", kv]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    for rel in ("photo.jpg", "clip.mp4", "speech.wav"):
-        assert (out / rel).is_file(), f"{rel} not anonymized: {proc.stdout[-2000:]} {proc.stderr[-2000:]}"
     text = trace.read_text()
     assert outside_connects(text) == [], "connections outside loopback:\n" + "\n".join(outside_connects(text)[:20])
     ms = home / ".cache" / "Microsoft"
     assert not ms.exists(), f"onnxruntime telemetry queue written: {sorted(str(p) for p in ms.rglob('*'))}"
+    return text, out
+
+
+def test_anonymize_image_video_audio_connects_nowhere(tmp_path):
+    inp = tmp_path / "in"
+    _media(inp)
+    _, out = _traced_anonymize(tmp_path, inp, "policy=full")
+    for rel in ("photo.jpg", "clip.mp4", "speech.wav"):
+        assert (out / rel).is_file(), f"{rel} not anonymized"
+
+
+def test_openvino_device_connects_nowhere(tmp_path):
+    """`import openvino` loads its model converter, which reports to Google Analytics at import time unless held
+    back (anon_core.offline.import_openvino)."""
+    pytest.importorskip("openvino")
+    inp = tmp_path / "in"
+    inp.mkdir()
+    from skimage import data
+
+    Image.fromarray(data.astronaut()).resize((256, 256)).save(inp / "photo.jpg", quality=90)
+    _, out = _traced_anonymize(tmp_path, inp, "policy=faces", "device=openvino")
+    assert (out / "photo.jpg").is_file()
 
 
 def test_strace_control_sees_an_outside_connect(tmp_path):

@@ -1,13 +1,15 @@
 """Audio settings: VAD, speakers, voice-anonymization method and targets, mute ranges, encoding.
 
-Defaults (measured with benchmarks/voice_eer.py; see models/voice.md):
+Defaults (measured with benchmarks/voice_privacy.py and voice_eer.py; see models/voice.md, benchmarks/RESULTS.md):
 
 - method ``world``: WORLD vocoder re-synthesis with the pitch moved to a random target F0 (at least 6 semitones
-  from the speaker's own, intonation range rescaled), the spectral envelope warped by a random factor (1.2-1.4,
-  in the direction of the pitch change) plus a McAdams power warp (alpha 0.65-0.8), and a random smooth
-  +-8 dB curve added to the envelope (it hides the microphone/room colouring an attacker also keys on). Weaker
-  settings (formants 1.08-1.22, no curve) left ~25 % EER against an attacker enrolled on original speech; a
-  plain +4 semitone pitch shift keeps the timbre and gives ~5 % once the attacker anonymizes its enrollment too.
+  from the speaker's own, intonation range rescaled), the spectral envelope warped by a random factor (1.3-1.5,
+  in the direction of the pitch change) plus a McAdams power warp (alpha 0.6-0.75), a random smooth +-10 dB
+  curve (8 cosine terms) added to the envelope (it hides the microphone/room colouring an attacker also keys
+  on), and the speech put at -26 dBFS (the recording level alone links one speaker's assets). Issue 21 raised
+  these from formants 1.2-1.4 / McAdams 0.65-0.8 / 4-term +-8 dB curve / level kept: ignorant EER 36.9 -> 43 %,
+  lazy-informed TAR at 1 % FAR 10 -> ~2.5 %, at the price of a larger Whisper WER increase (26 -> ~45 %).
+  Piecewise warp, formant drift and envelope flattening are available but off (no gain over these at equal WER).
 - targets ``random`` per asset unless a key is set (env var ``key_env``): then the target of a speaker is
   derived from HMAC(key, speaker id) and the same speaker id maps to the same voice in every asset.
 - speech only: VAD (silero ONNX) finds speech; non-speech is kept (``nonspeech_gain_db`` = 0) or
@@ -41,6 +43,8 @@ class AudioSettings:
     pad_s: seconds added on both sides of each speech segment before transforming.
     min_speech_s / min_silence_s: drop shorter speech runs / merge across shorter pauses.
     nonspeech_gain_db: gain applied outside speech (0: kept; -inf-like values such as -120: muted).
+    speech_level_dbfs: negative: scale the whole output so that its speech sits at this RMS level (dBFS), which
+        hides the recording level, itself a cue that links assets of one speaker; 0: keep the input's level.
     speakers: auto (resemblyzer when installed, else single) | single | resemblyzer | pyannote.
     pyannote_model: local path of a pyannote pipeline (config.yaml folder); required for speakers=pyannote.
     max_speakers / speaker_threshold: clustering of speaker embeddings (cosine distance threshold).
@@ -50,10 +54,20 @@ class AudioSettings:
     formant_range: range of the spectral-envelope warp factor (drawn in the direction of the pitch change).
     mcadams_range: McAdams coefficient range (method mcadams; method world uses it as an extra envelope warp).
     eq_db: method world: amplitude (dB) of a random smooth curve added to the spectral envelope per speaker.
+    eq_terms: number of cosine terms of that curve (more terms: finer, less speaker-like colouring).
+    warp_pieces: method world: amplitude of a random piecewise-linear frequency warp (displacement of each of
+        `warp_knots` knots, as a fraction of a mel-like axis; 0: off). Every formant region moves by its own amount.
+    formant_drift: method world: relative amplitude of a slow random modulation of the formant factor over time
+        (0: off), at a rate drawn from `drift_hz`.
+    envelope_flatten: method world: fraction (0-1) of the speaker's long-term spectral-envelope detail (mean
+        log-envelope minus its tilt) removed before warping.
     pitch_semitones: shift for method pitch.
     mute_ranges: [[start_s, end_s], ...] to silence (or beep); mute_ranges_file: a file with more (see ranges.py);
         mute_words: with a word-level transcript as mute_ranges_file, the words to mute (e.g. names).
     mute_mode: silence | beep; beep_hz: beep frequency.
+    asr_bleep: recognise the words (Whisper base, anon_core/audio/asr.py) and mute those in mute_words and, with
+        bleep_numbers, every number (off by default; needs the `asr` extra or asr_model).
+    asr_model: a local CTranslate2 Whisper folder to use instead of the packaged Whisper base.
     bit_rate: encoder bit rate for lossy formats (0: about the input's).
     max_duration_s: longer assets are refused (the whole track is held in memory as float32).
     """
@@ -67,6 +81,7 @@ class AudioSettings:
     min_speech_s: float = 0.1
     min_silence_s: float = 0.3
     nonspeech_gain_db: float = 0.0
+    speech_level_dbfs: float = -26.0
     speakers: SpeakerBackend = "auto"
     pyannote_model: str = ""
     max_speakers: int = 8
@@ -75,21 +90,35 @@ class AudioSettings:
     key_scope: Literal["speaker", "asset"] = "speaker"
     f0_range_hz: list[float] = field(default_factory=lambda: [85.0, 260.0])
     min_shift_semitones: float = 6.0
-    formant_range: list[float] = field(default_factory=lambda: [1.2, 1.4])
-    mcadams_range: list[float] = field(default_factory=lambda: [0.65, 0.8])
-    eq_db: float = 8.0
+    formant_range: list[float] = field(default_factory=lambda: [1.3, 1.5])
+    mcadams_range: list[float] = field(default_factory=lambda: [0.6, 0.75])
+    eq_db: float = 10.0
+    eq_terms: int = 8
+    warp_pieces: float = 0.0
+    warp_knots: int = 4
+    formant_drift: float = 0.0
+    envelope_flatten: float = 0.0
+    drift_hz: list[float] = field(default_factory=lambda: [0.2, 0.6])
     pitch_semitones: float = 4.0
     mute_ranges: list[list[float]] = field(default_factory=list)
     mute_ranges_file: str = ""
     mute_words: list[str] = field(default_factory=list)
     mute_mode: Literal["silence", "beep"] = "silence"
+    asr_bleep: bool = False
+    bleep_numbers: bool = True
+    asr_model: str = ""
     beep_hz: float = 1000.0
     bit_rate: int = 0
     max_duration_s: float = 4 * 3600.0
 
     def __post_init__(self) -> None:
         check_choices(self)
-        for name in ("f0_range_hz", "formant_range", "mcadams_range"):
+        if not (0 <= self.eq_terms <= 16 and 1 <= self.warp_knots <= 8 and self.warp_pieces >= 0
+                and 0 <= self.formant_drift < 0.5 and 0 <= self.envelope_flatten <= 1):
+            raise SchemaError("eq_terms/warp_knots/warp_pieces/formant_drift/envelope_flatten",
+                              "need 0 <= eq_terms <= 16, 1 <= warp_knots <= 8, warp_pieces >= 0, "
+                              "0 <= formant_drift < 0.5, 0 <= envelope_flatten <= 1")
+        for name in ("f0_range_hz", "formant_range", "mcadams_range", "drift_hz"):
             lo_hi = getattr(self, name)
             if len(lo_hi) != 2 or lo_hi[0] <= 0 or lo_hi[1] < lo_hi[0]:
                 raise SchemaError(name, f"must be [low, high] with 0 < low <= high; got {list(lo_hi)}")
@@ -100,7 +129,9 @@ class AudioSettings:
 
     def public_params(self) -> dict:
         """The parameters that go into the audit (everything that shapes the output; never the key)."""
-        keys = ("method", "vad", "vad_threshold", "pad_s", "nonspeech_gain_db", "speakers", "key_scope",
-                "f0_range_hz", "min_shift_semitones", "formant_range", "mcadams_range", "eq_db", "pitch_semitones",
-                "mute_mode")
+        keys = ("method", "vad", "vad_threshold", "pad_s", "nonspeech_gain_db", "speech_level_dbfs", "speakers",
+                "key_scope", "f0_range_hz", "min_shift_semitones", "formant_range", "mcadams_range", "eq_db",
+                "eq_terms", "warp_pieces", "warp_knots", "formant_drift", "drift_hz", "envelope_flatten",
+                "pitch_semitones", "mute_mode",
+                "asr_bleep", "bleep_numbers")
         return {k: getattr(self, k) for k in keys}

@@ -63,11 +63,23 @@ def draw_target(rng: np.random.Generator, settings: AudioSettings, src_f0: float
     if not direction_up:
         formant = 1.0 / formant
     m_lo, m_hi = settings.mcadams_range
+    # later additions are drawn after the original ones, so earlier keyed voices keep their values
+    u_eq_more = rng.uniform(-1.0, 1.0, 12)
+    u_warp = rng.uniform(-1.0, 1.0, 8)
+    u_drift = rng.random(2)
+    eq = np.r_[u_eq, u_eq_more][:settings.eq_terms] * settings.eq_db
+    d_lo, d_hi = settings.drift_hz
     return VoiceTarget(
         f0_hz=target,
         f0_scale=float(0.7 + 0.6 * u_scale),
         formant=float(formant),
         mcadams=float(m_lo + u_mca * (m_hi - m_lo)),
         semitones=float(settings.pitch_semitones),
-        eq=tuple(float(v) for v in u_eq * settings.eq_db),
+        eq=tuple(float(v) for v in eq),
+        warp=tuple(float(v) for v in u_warp[:settings.warp_knots] * settings.warp_pieces)
+        if settings.warp_pieces > 0 else (),
+        drift=float(settings.formant_drift),
+        drift_hz=float(d_lo + u_drift[0] * (d_hi - d_lo)),
+        drift_phase=float(2 * np.pi * u_drift[1]),
+        flatten=float(settings.envelope_flatten),
     )

@@ -35,6 +35,11 @@ class VoiceTarget:
     mcadams: float = 1.0  # McAdams coefficient (1: identity)
     semitones: float = 0.0  # method pitch only
     eq: tuple[float, ...] = ()  # random smooth spectral-envelope curve: cosine-series amplitudes in dB
+    warp: tuple[float, ...] = ()  # piecewise-linear frequency warp: knot displacements (fraction of the axis)
+    drift: float = 0.0  # slow sinusoidal modulation of the formant factor (relative amplitude)
+    drift_hz: float = 0.5
+    drift_phase: float = 0.0
+    flatten: float = 0.0  # fraction of the speaker's long-term envelope detail removed (0: off, 1: all)
 
 
 # ---------------------------------------------------------------- LPC / McAdams
@@ -164,6 +169,26 @@ def warp_axis(n_bins: int, formant: float, alpha: float) -> np.ndarray:
     return w_src / np.pi * (n_bins - 1)
 
 
+def piecewise_warp(src_bins: np.ndarray, knots: tuple[float, ...]) -> np.ndarray:
+    """Compose a random monotone piecewise-linear warp (on a mel-like axis) with the given source-bin map.
+
+    Knot k sits at (k+1)/(K+1) of the axis and is displaced by knots[k] (kept below half a knot spacing, so the
+    map stays monotone). Unlike one linear factor, every formant region moves by its own amount.
+    """
+    if not knots:
+        return src_bins
+    n_bins = len(src_bins)
+    k = len(knots)
+    grid = np.linspace(0.0, 1.0, k + 2)
+    lim = 0.45 / (k + 1)
+    moved = grid.copy()
+    moved[1:-1] += np.clip(np.asarray(knots, np.float64), -lim, lim)
+    to_m = np.log1p(np.linspace(0.0, 1.0, n_bins) * 20.0) / np.log1p(20.0)
+    m_src = np.interp(to_m, moved, grid)  # output position -> source position on the mel-like axis
+    hz_src = np.expm1(m_src * np.log1p(20.0)) / 20.0
+    return np.interp(hz_src * (n_bins - 1), np.arange(n_bins), src_bins)
+
+
 def eq_curve(n_bins: int, amps_db: tuple[float, ...]) -> np.ndarray:
     """Power gain per bin from a smooth random curve: sum_k a_k cos(k pi m) on a mel-like axis m in [0, 1]."""
     hz = np.linspace(0.0, 1.0, n_bins)
@@ -173,12 +198,28 @@ def eq_curve(n_bins: int, amps_db: tuple[float, ...]) -> np.ndarray:
 
 
 def _warp_bins(m: np.ndarray, src_bins: np.ndarray, log: bool) -> np.ndarray:
+    """Resample every frame of m at fractional source bins (one map for all frames, or one per frame)."""
     idx = np.arange(m.shape[1])
     v = np.log(np.maximum(m, 1e-16)) if log else m
     out = np.empty_like(v)
     for i in range(v.shape[0]):
-        out[i] = np.interp(src_bins, idx, v[i])
+        out[i] = np.interp(src_bins[i] if src_bins.ndim == 2 else src_bins, idx, v[i])
     return np.exp(out) if log else out
+
+
+def flatten_envelope(sp: np.ndarray, voiced: np.ndarray, amount: float, terms: int = 3) -> np.ndarray:
+    """Remove `amount` of the long-term envelope detail: the mean log-envelope over voiced frames minus its smooth
+    trend (a few cosine terms on a mel-like axis, i.e. the overall tilt). That detail is the average vocal-tract
+    shape and channel of the speaker, a strong speaker-verification cue; the frame-to-frame changes that carry
+    the phonemes stay."""
+    if amount <= 0 or voiced.sum() < 10:
+        return sp
+    log_sp = np.log(np.maximum(sp, 1e-16))
+    mean = log_sp[voiced].mean(axis=0)
+    m = np.log1p(np.linspace(0.0, 1.0, sp.shape[1]) * 20.0) / np.log1p(20.0)
+    basis = np.stack([np.cos(k * np.pi * m) for k in range(terms + 1)], axis=1)
+    trend = basis @ np.linalg.lstsq(basis, mean, rcond=None)[0]
+    return np.exp(log_sp - amount * (mean - trend)[None])
 
 
 def world_convert(an: WorldAnalysis, target: VoiceTarget, src_median_f0: float) -> np.ndarray:
@@ -190,8 +231,17 @@ def world_convert(an: WorldAnalysis, target: VoiceTarget, src_median_f0: float) 
         lf = np.log(f0[voiced])
         lf = np.log(target.f0_hz) + (lf - np.log(src_median_f0)) * target.f0_scale
         f0[voiced] = np.exp(np.clip(lf, np.log(40.0), np.log(700.0)))
-    src_bins = warp_axis(an.sp.shape[1], target.formant, target.mcadams)
-    sp = _warp_bins(an.sp, src_bins, log=True)
+    n_bins = an.sp.shape[1]
+    if target.drift > 0:
+        # one source-bin map per frame: the formant factor wanders slowly around its drawn value
+        t = np.arange(an.sp.shape[0]) * an.frame_period / 1000.0
+        factors = target.formant * (1.0 + target.drift * np.sin(2 * np.pi * target.drift_hz * t
+                                                                 + target.drift_phase))
+        src_bins = np.stack([piecewise_warp(warp_axis(n_bins, f, target.mcadams), target.warp)
+                             for f in factors])
+    else:
+        src_bins = piecewise_warp(warp_axis(n_bins, target.formant, target.mcadams), target.warp)
+    sp = _warp_bins(flatten_envelope(an.sp, an.f0 > 0, target.flatten), src_bins, log=True)
     if target.eq:
         sp = sp * eq_curve(sp.shape[1], target.eq)[None]
     ap = np.clip(_warp_bins(an.ap, src_bins, log=False), 0.0, 1.0)

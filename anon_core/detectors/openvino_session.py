@@ -37,8 +37,10 @@ class NodeArg(NamedTuple):
 
 
 def _openvino() -> Any:
+    from anon_core.offline import import_openvino
+
     try:
-        import openvino
+        openvino = import_openvino()  # without the converter's import-time telemetry
     except ImportError as exc:
         raise RuntimeError("device=openvino asked for, but OpenVINO is not installed "
                            "(pip install -e '.[openvino]' or `make setup`)") from exc

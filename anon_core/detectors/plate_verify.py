@@ -125,11 +125,11 @@ def shared_reader(weights: str | None = None, device: str = "auto", threads: int
 
 
 def verified_scores(reader: PlateReader, frame: np.ndarray, boxes: np.ndarray, scores: np.ndarray,
-                    floor: float) -> np.ndarray:
+                    floor: float | np.ndarray) -> np.ndarray:
     """Text scores scaled by how plate-like each candidate reads: s * (floor + (1 - floor) * plate_score).
 
-    `floor` keeps unreadable plates (small, blurred) in play at a lower score instead of dropping them. The reading
-    itself is personal data and is neither kept nor logged.
+    `floor` (one value or one per box) keeps unreadable plates (small, blurred) in play at a lower score instead of
+    dropping them. The reading itself is personal data and is neither kept nor logged.
     """
     if not len(boxes):
         return scores
