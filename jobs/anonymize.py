@@ -44,7 +44,7 @@ from jobs.archive.actor import (  # noqa: E402,F401 - re-exported: tests and Ray
     RESULT_KEYS,
     STORAGE_RETRY_S,
     AnonymizeActor,
-    _py,
+    py_value,
     with_retries,
 )
 from jobs.archive.listing import select  # noqa: E402,F401
@@ -161,7 +161,7 @@ def _run(assets, settings: JobSettings, config: AnonConfig, run_id: str, t0: flo
 
     ds = pool(assets.repartition(target_num_rows_per_block=batch), 1, batch)
     for out in ds.iter_batches(batch_size=None, batch_format="numpy"):
-        rows = [{k: _py(out[k][i]) for k in out} for i in range(len(out["relative_path"]))]
+        rows = [{k: py_value(out[k][i]) for k in out} for i in range(len(out["relative_path"]))]
         seg = [r for r in rows if r["status"] == "segment_todo"]
         if seg:
             todo.add({"rel": [r["relative_path"] for r in seg], "path": [r["path"] for r in seg],
@@ -177,7 +177,7 @@ def _run(assets, settings: JobSettings, config: AnonConfig, run_id: str, t0: flo
         ds2 = pool(segment_dataset(todo), 2, 1)
         for out in ds2.iter_batches(batch_size=None, batch_format="numpy"):
             for i in range(len(out["relative_path"])):
-                row = {k: _py(out[k][i]) for k in out}
+                row = {k: py_value(out[k][i]) for k in out}
                 key = "ok" if row["status"] == "segment_ok" else "failed"
                 summary["segments"][key] += 1
                 summary["segments"]["resumed"] += '"resumed": true' in row["detail"]

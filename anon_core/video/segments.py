@@ -244,7 +244,6 @@ def join_segments(source, plan: SegmentPlan, outputs: list[str], out_path: str, 
 
     `settings` is the job's VideoSettings (stream and tag policy, faststart). Returns what the audit records.
     """
-    from anon_core.video.encode import _set_metadata
     from anon_core.video.streams import filter_tags, plan_streams
 
     if len(outputs) != len(plan.segments):
@@ -263,13 +262,13 @@ def join_segments(source, plan: SegmentPlan, outputs: list[str], out_path: str, 
             vt = first.streams.video[0]
             vout = oc.add_stream_from_template(vt)
             vout.time_base = plan.tb
-            _set_metadata(vout, filter_tags(dict(splan.video.metadata), settings.allowed_stream_tags)[0])
+            _set_tags(vout, filter_tags(dict(splan.video.metadata), settings.allowed_stream_tags)[0])
             side = {}
             for s in splan.copy:
                 o = oc.add_stream_from_template(s)
-                _set_metadata(o, filter_tags(dict(s.metadata), settings.allowed_stream_tags)[0])
+                _set_tags(o, filter_tags(dict(s.metadata), settings.allowed_stream_tags)[0])
                 side[s.index] = o
-            _set_metadata(oc, splan.container_tags)
+            _set_tags(oc, splan.container_tags)
 
             def video():
                 for seg, path in zip(plan.segments, outputs):
@@ -299,3 +298,12 @@ def join_segments(source, plan: SegmentPlan, outputs: list[str], out_path: str, 
     if written != len(plan.pts):
         raise RuntimeError(f"joined {written} of {len(plan.pts)} frames")
     return {"frames": written, "packets_copied": copied, "metadata_removed": removed, "streams": streams}
+
+
+def _set_tags(obj, tags: dict[str, str]) -> None:
+    """Exactly `tags` on a container or stream (the kept ones; templates bring their own)."""
+    md = obj.metadata
+    for k in list(md.keys()):
+        del md[k]
+    for k, v in tags.items():
+        md[k] = v

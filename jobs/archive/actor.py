@@ -52,7 +52,7 @@ class AnonymizeActor:
         self.pool = cf.ThreadPoolExecutor(max_workers=8, thread_name_prefix="fetch")
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
-        items = [{k: _py(batch[k][i]) for k in batch} for i in range(len(batch["rel"]))]
+        items = [{k: py_value(batch[k][i]) for k in batch} for i in range(len(batch["rel"]))]
         segs = [i for i in items if int(i.get("seg", -1)) >= 0]
         whole = [i for i in items if int(i.get("seg", -1)) < 0]
         fetched = self._prefetch(whole)
@@ -192,9 +192,6 @@ def size_of(prev: dict) -> int | None:
     return int(prev["output_size"]) if prev.get("output_size") is not None else None
 
 
-def _py(v: Any) -> Any:
+def py_value(v: Any) -> Any:
     return v.item() if isinstance(v, np.generic) else v
 
-
-def _py(v: Any) -> Any:
-    return v.item() if isinstance(v, np.generic) else v

@@ -13,6 +13,15 @@ import pyarrow as pa
 from anon_core.storage import filesystem, join, put_atomic
 
 
+def _sha256_file(path: str, chunk: int = 8 << 20) -> tuple[str, int]:
+    h, n = hashlib.sha256(), 0
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+            n += len(block)
+    return h.hexdigest(), n
+
+
 def _sum(dicts) -> dict:
     out: dict = {}
     for d in dicts:
@@ -25,11 +34,10 @@ def finish_asset(settings_d: dict, run_id: str, item: dict, results: list[dict])
     """Join the asset's segments (all reported by the actors) and write its one manifest row; returns the
     driver's result row. A failed segment makes the asset `failed` (nothing is published)."""
     from anon_core.audit import AuditRecord, now, write_manifest
-    from anon_core.pipeline import _hash_file
     from anon_core.storage import display_uri, sha256_stream
     from anon_core.video.segments import SegmentPlan, join_segments
     from jobs.archive.actor import with_retries
-    from jobs.archive.segments import _close, _open
+    from jobs.archive.segments import close_source, open_source
     from jobs.archive.settings import JobSettings
 
     t0 = time.perf_counter()
@@ -70,13 +78,13 @@ def finish_asset(settings_d: dict, run_id: str, item: dict, results: list[dict])
                 from anon_core.config import AnonConfig
 
                 video = AnonConfig.from_dict(json.loads(stamp["config_json"]), complete=True).video
-                src = _open(in_fs, item["path"])
+                src = open_source(in_fs, item["path"])
                 try:
                     info = join_segments(src, plan, locals_, out, video)
                 finally:
-                    _close(src)
+                    close_source(src)
                 rec.input_sha256, rec.input_size = sha256_stream(in_fs, item["path"])
-                rec.output_sha256, rec.output_size = _hash_file(out)
+                rec.output_sha256, rec.output_size = _sha256_file(out)
                 target = join(out_root, rel)
                 put_atomic(out_fs, out, target)
             rec.output_uri = display_uri(settings.output, target)

@@ -35,11 +35,11 @@ def stage_dir(settings, rel: str, size: int, mtime: float, config_hash: str) -> 
     return join(settings.manifest_root, f"_segments/{hashlib.sha256(key.encode()).hexdigest()[:24]}")
 
 
-def _open(fs, path: str):
+def open_source(fs, path: str):
     return path if is_local(fs) else fs.open(path, "rb")
 
 
-def _close(src) -> None:
+def close_source(src) -> None:
     if not isinstance(src, str):
         src.close()
 
@@ -64,7 +64,7 @@ def _plan_for(settings, config, in_fs, out_fs, row: dict) -> tuple[dict, str] | 
         return json.loads(out_fs.cat_file(plan_path)), stage
     except (OSError, ValueError):
         pass
-    src = _open(in_fs, row["path"])
+    src = open_source(in_fs, row["path"])
     try:
         with av.open(src, mode="r", metadata_errors="ignore") as c:
             duration = (c.duration or 0) / 1_000_000
@@ -74,7 +74,7 @@ def _plan_for(settings, config, in_fs, out_fs, row: dict) -> tuple[dict, str] | 
             src.seek(0)
         plan = plan_segments(src, family, settings.segment_s, settings.segment_margin_s)
     finally:
-        _close(src)
+        close_source(src)
     if len(plan.segments) < 2:
         return None
     d = plan.to_dict()
@@ -141,11 +141,11 @@ def process_segment(actor, item: dict) -> dict:
             with tempfile.TemporaryDirectory(prefix="anon-seg-") as work:
                 os.chmod(work, 0o700)
                 sl, out = os.path.join(work, "slice" + ext), os.path.join(work, "out" + ext)
-                src = _open(actor.in_fs, item["path"])
+                src = open_source(actor.in_fs, item["path"])
                 try:
                     cut_slice(src, plan, seg, sl)
                 finally:
-                    _close(src)
+                    close_source(src)
                 anonymize_segment(actor.anonymizer, sl, plan, seg, out, rec,
                                   deadline=Deadline(actor.config.limits.asset_timeout_s))
                 put_atomic(fs, out, join(stage, f"seg-{i:05d}{ext}"))
