@@ -21,14 +21,15 @@ from anon_core.config import AnonConfig
 from anon_core.deadline import Deadline
 from anon_core.detections import Detections
 from anon_core.detectors import create_detector
-from anon_core.detectors.base import Detector
+from anon_core.detectors.base import Detector, SharedWork
 from anon_core.masking import Masker
-from anon_core.masking.context import MaskContext
+from anon_core.masking.context import DetectionFilter, MaskContext, MaskHook, mask_whole_frame
 from anon_core.media import image_io
 from anon_core.media.errors import AnalysisFailed, AssetError, UnsupportedMedia
 from anon_core.media.probe import MediaType, sniff
 
 log = logging.getLogger(__name__)
+__all__ = ["Anonymizer", "DetectionFilter", "MaskContext", "MaskHook", "mask_whole_frame", "timed"]
 
 
 @contextmanager
@@ -68,6 +69,10 @@ class Anonymizer:
             from anon_core.vault import VaultSession
 
             self.vault = VaultSession(self.config.vault)
+        # Extension points, applied by every path (images, video files, the stream, validation):
+        # filters run on each frame's merged detections before tracking/masking; hooks after masking.
+        self.detection_filters: list[DetectionFilter] = []
+        self.mask_hooks: list[MaskHook] = []
         self.residual = None
         if self.config.residual.enabled:
             from anon_core.residual import ResidualChecker
@@ -90,16 +95,20 @@ class Anonymizer:
 
     # -- what the audit needs to say about this pipeline
     def models(self) -> list[dict]:
-        infos = [i for d in self.detectors.values() for i in (d.infos() if hasattr(d, "infos") else [d.info()])]
+        infos = [i for d in self.detectors.values() for i in d.infos()]
         if self.subjects is not None:
             infos.append(self.subjects.embedder().model_info())
         return [vars(licenses.license_of(i)) for i in infos]
 
     def thresholds(self) -> dict[str, float]:
-        out = {f"{k}.threshold": float(getattr(d, "threshold", float("nan"))) for k, d in self.detectors.items()}
+        out = {f"{k}.threshold": float(d.threshold) for k, d in self.detectors.items()}
         if self.subjects is not None:
             out["subjects.threshold"] = self.subjects.threshold
         return out
+
+    def candidate_classes(self) -> set[str]:
+        """Classes whose sub-threshold candidates the video tracker uses (detectors with track_candidates)."""
+        return {c for d in self.detectors.values() if d.track_candidates for c in d.classes}
 
     def stamp(self, rec: AuditRecord) -> AuditRecord:
         rec.policy = self.config.policy
@@ -110,36 +119,45 @@ class Anonymizer:
         return rec
 
     # -- frames
-    def detect(self, frames: Sequence[np.ndarray], min_score: float | None = None) -> list[Detections]:
+    def detect(self, frames: Sequence[np.ndarray], min_score: float | None = None, *,
+               all_detectors: bool = False) -> list[Detections]:
         """All configured detectors over a batch of RGB frames, kept to the policy's classes.
 
-        `min_score` (video) also returns weaker candidates from detectors that support it, so the
-        tracker can extend tracks through hard frames; `data["confident"]` marks the detections
-        that pass their detector's own threshold and are masked on their own.
+        `min_score` (video) also returns weaker candidates from the detectors whose candidates the tracker
+        uses (`track_candidates`), or from every detector with `all_detectors` (validation's PR curves);
+        `data["confident"]` marks the detections that pass their detector's own threshold and are masked
+        on their own. The detection filters run last, on each frame's merged detections.
         """
         per_det = []
+        work = SharedWork()  # shared views (NanoDet for persons and plates) for this batch only
         for key, d in self.detectors.items():
+            floor = min_score if all_detectors or d.track_candidates else None
             try:
-                res = d.detect(frames, min_score=min_score) if min_score is not None and _takes_min_score(d) \
-                    else d.detect(frames)
+                res = d.detect(frames, min_score=floor, work=work)
                 if len(res) != len(frames):  # a result list that doesn't line up would leave frames unchecked
                     raise RuntimeError(f"returned {len(res)} results for {len(frames)} frames")
             except Exception as exc:
                 msg = str(exc).splitlines()[0][:200] if str(exc) else ""
                 raise AnalysisFailed(f"detector {key!r} failed: {type(exc).__name__}: {msg}") from exc
-            thr = float(getattr(d, "threshold", 0.0))
+            thr = float(d.threshold)
             for r in res:
                 r.data["confident"] = r.scores >= thr
             per_det.append(res)
         out = []
-        for i in range(len(frames)):
+        for i, frame in enumerate(frames):
             merged = Detections.merge([r[i] for r in per_det])
             keep = np.isin(merged.labels.astype(str), self.classes) if len(merged) else np.zeros(0, bool)
-            out.append(merged[keep])
+            d = merged[keep]
+            for f in self.detection_filters:
+                try:
+                    d = f(frame, d)
+                except Exception as exc:  # a filter that cannot decide must not let a frame through unchecked
+                    raise AnalysisFailed(f"detection filter failed: {type(exc).__name__}: {exc}") from exc
+            out.append(d)
         return out
 
-    def detect_or_mask(self, frames: Sequence[np.ndarray], min_score: float | None = None
-                       ) -> tuple[list[Detections], list[bool]]:
+    def detect_or_mask(self, frames: Sequence[np.ndarray], min_score: float | None = None, *,
+                       all_detectors: bool = False) -> tuple[list[Detections], list[bool]]:
         """`detect` under the `on_analysis_error` policy: (detections, per-frame "analysis failed" flags).
 
         fail: AnalysisFailed propagates (the asset is not published). mask_frame: the batch is retried
@@ -147,14 +165,14 @@ class Anonymizer:
         those whole (`mask_whole_frame`), never publish them as they are.
         """
         try:
-            return self.detect(frames, min_score), [False] * len(frames)
+            return self.detect(frames, min_score, all_detectors=all_detectors), [False] * len(frames)
         except AnalysisFailed:
             if self.config.on_analysis_error != "mask_frame":
                 raise
         dets, failed = [], []
         for f in frames:
             try:
-                dets.append(self.detect([f], min_score)[0])
+                dets.append(self.detect([f], min_score, all_detectors=all_detectors)[0])
                 failed.append(False)
             except AnalysisFailed as exc:
                 log.warning("analysis failed on a frame, masking it whole: %s", exc)
@@ -168,10 +186,16 @@ class Anonymizer:
 
     def mask(self, frame: np.ndarray, dets: Detections, ctx: MaskContext | None = None, index: int = 0
              ) -> tuple[np.ndarray, int]:
+        """The masked copy of `frame` and the number of regions masked; then the mask hooks, in order."""
         ctx = ctx or self.mask_context()
         if self.subjects is not None:  # subjects.redact_only / keep: which faces are masked at all
             dets = (ctx.subjects or self.subjects.session()).select(frame, dets)
-        return self.masker.apply(frame, dets, ctx.recorder, index)
+        out, n = self.masker.apply(frame, dets, ctx.recorder, index)
+        for hook in self.mask_hooks:
+            new = hook(frame, out, dets, ctx, index)
+            if new is not None:
+                out = new
+        return out, n
 
     # -- still images
     def anonymize_image(self, data: bytes, media: MediaType, rec: AuditRecord, deadline: Deadline | None = None,
@@ -286,17 +310,6 @@ class Anonymizer:
         rec.output_sha256 = sha256_bytes(out)
         rec.output_size = len(out)
         return out
-
-
-def mask_whole_frame(frame: np.ndarray) -> np.ndarray:
-    """What a frame that could not be analysed is published as (on_analysis_error=mask_frame): flat grey."""
-    return np.full_like(frame, 128)
-
-
-def _takes_min_score(detector) -> bool:
-    import inspect
-
-    return "min_score" in inspect.signature(detector.detect).parameters
 
 
 def _is_local(fs) -> bool:

@@ -41,7 +41,7 @@ def detect_all(name: str, params: dict, data: str, threads: int) -> tuple[list, 
         dets += det.detect([img])
         walls.append(time.perf_counter() - t0)
         cpus.append(time.process_time() - c0)
-    info = det.infos() if hasattr(det, "infos") else [det.info()]
+    info = det.infos()
     speed = {"ms_per_image": round(1000 * float(np.mean(walls)), 1),
              "cpu_ms_per_image": round(1000 * float(np.mean(cpus)), 1),
              "p95_ms": round(1000 * float(np.percentile(walls, 95)), 1), "models": [vars(i) for i in info]}

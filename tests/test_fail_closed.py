@@ -22,7 +22,7 @@ from PIL import Image
 from anon_core.audit import AuditRecord
 from anon_core.config import AnonConfig
 from anon_core.detections import Detections
-from anon_core.detectors import register_detector
+from anon_core.detectors import Detector, register_detector
 from anon_core.media.errors import AnalysisFailed
 from anon_core.pipeline import Anonymizer
 from anon_core.runner import run
@@ -39,7 +39,7 @@ def _marked(frame: np.ndarray) -> bool:
     return bool(c[0] > 180 and c[1] < 90 and c[2] > 180)
 
 
-class _TestDetector:
+class _TestDetector(Detector):
     """Finds one 'face' in the middle of every frame; optional failure, delay and temp-dir spying."""
 
     classes = ("face",)
@@ -50,10 +50,10 @@ class _TestDetector:
         self.threshold = 0.5
         self.seen_tmp: list[tuple[str, int, list[str]]] = []
 
-    def info(self) -> ModelInfo:
-        return ModelInfo("test-detector", "0", "0" * 64, "tests")
+    def model_infos(self) -> list[ModelInfo]:
+        return [ModelInfo("test-detector", "0", "0" * 64, "tests")]
 
-    def detect(self, frames):
+    def predict(self, frames, min_score, work):
         if self.sleep_s:
             time.sleep(self.sleep_s)
         if self.spy:  # what a runner's private work dir looks like while an asset is in flight
@@ -202,15 +202,15 @@ def test_video_mask_frame_covers_interpolated_frames(tmp_path):
 
 def test_video_frame_that_skipped_detection_is_never_published(tmp_path, monkeypatch):
     """If any frame that should be analysed bypasses the detectors, the asset fails instead of publishing."""
-    from anon_core.video import anonymize as va
+    from anon_core.video.session import FrameSession
 
-    orig = va._Analyser.__init__
+    orig = FrameSession.__init__
 
     def buggy(self, *a, **kw):
         orig(self, *a, **kw)
         self.k = 2  # simulates a scheduling bug: every other frame skips detection
 
-    monkeypatch.setattr(va._Analyser, "__init__", buggy)
+    monkeypatch.setattr(FrameSession, "__init__", buggy)
     src = tmp_path / "in"
     src.mkdir()
     _clip(src / "v.mp4")
@@ -303,9 +303,9 @@ def test_hung_detector_does_not_hang_the_asset(tmp_path, monkeypatch):
     release = threading.Event()
 
     class Stuck(_TestDetector):
-        def detect(self, frames):
+        def predict(self, frames, min_score, work):
             release.wait(20)
-            return super().detect(frames)
+            return super().predict(frames, min_score, work)
 
     an = Anonymizer(_config(limits={"asset_timeout_s": 0.5}))
     an.detectors["face"] = Stuck()

@@ -17,7 +17,7 @@ import pytest
 from anon_core.boxes import iou_matrix
 from anon_core.config import AnonConfig
 from anon_core.detections import Detections
-from anon_core.detectors import create_detector
+from anon_core.detectors import SharedWork, create_detector
 from anon_core.detectors.nanodet import NanoDet, model_dir, plan_tiles, resolve_built
 from anon_core.detectors.plates import PlateDetector
 from anon_core.masking import Masker
@@ -114,13 +114,31 @@ def test_nanodet_runs_once_per_frame_for_persons_and_plates(astronaut, monkeypat
     monkeypatch.setattr(NanoDet, "_run", lambda self, frames, todo, *a: calls.append(sorted(k for _, k in todo))
                         or orig(self, frames, todo, *a))
     frame = astronaut.copy()
-    person.detect([frame])
-    plate.detect([frame])  # the plate search needs only the base views, which the person detector already ran
+    work = SharedWork()  # what Anonymizer.detect creates for one batch and hands to every detector
+    person.detect([frame], work=work)
+    plate.detect([frame], work=work)  # the plate search needs only the base views, which the person detector ran
     assert calls == [[("tiles", False), ("tiles", True), ("up", False), ("up", True), ("whole", False),
                       ("whole", True)]]
     # a new frame: only the whole-frame view (vehicle gate and search regions); no tiles, flips or upscaled passes
-    plate.detect([frame.copy()])
+    plate.detect([frame.copy()], work=work)
     assert calls[1:] == [[("whole", False)]]
+    # nothing is shared across calls that do not share a SharedWork (no process-wide memo)
+    plate.detect([frame])
+    assert calls[2:] == [[("whole", False)]]
+
+
+@needs_models
+def test_pipeline_shares_nanodet_between_persons_and_plates(astronaut, monkeypatch):
+    """Through the pipeline, one batch runs each NanoDet view of a frame once for persons and plates together."""
+    an = Anonymizer(AnonConfig(classes=["person", "plate"], device="cpu"))
+    an.detect([astronaut])  # load models
+    calls = []
+    orig = NanoDet._run
+    monkeypatch.setattr(NanoDet, "_run", lambda self, frames, todo, *a: calls.append(sorted(k for _, k in todo))
+                        or orig(self, frames, todo, *a))
+    an.detect([astronaut.copy()])
+    views = [k for c in calls for k in c]
+    assert sorted(views) == sorted(set(views)) and ("whole", False) in views
 
 
 @needs_models

@@ -12,7 +12,7 @@ from PIL import Image
 from anon_core.audit import AuditRecord, read_manifest
 from anon_core.config import AnonConfig
 from anon_core.detections import Detections
-from anon_core.detectors import register_detector
+from anon_core.detectors import Detector, register_detector
 from anon_core.pipeline import Anonymizer
 from anon_core.runner import run
 from anon_core.weights import ModelInfo
@@ -20,7 +20,7 @@ from anon_core.weights import ModelInfo
 from .conftest import ASTRONAUT_FACE
 
 
-class _Blind:
+class _Blind(Detector):
     """A primary detector that misses everything: whatever the residual check finds is a real residual."""
 
     classes = ("face",)
@@ -29,10 +29,10 @@ class _Blind:
     def __init__(self, **_):
         pass
 
-    def info(self) -> ModelInfo:
-        return ModelInfo("blind", "0", "0" * 64, "tests")
+    def model_infos(self) -> list[ModelInfo]:
+        return [ModelInfo("blind", "0", "0" * 64, "tests")]
 
-    def detect(self, frames):
+    def predict(self, frames, min_score, work):
         return [Detections.empty() for _ in frames]
 
 

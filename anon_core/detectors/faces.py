@@ -8,14 +8,16 @@ from collections.abc import Sequence
 import numpy as np
 
 from anon_core.detections import Detections
-from anon_core.detectors.base import register_detector
+from anon_core.detectors.base import Detector, SharedWork, register_detector
 from anon_core.detectors.face_models import FACE_MODELS
 from anon_core.detectors.multiview import fuse, plan_views, run_views
 from anon_core.weights import ModelInfo
 
 
-class FaceDetector:
+class FaceDetector(Detector):
     classes = ("face",)
+    # sub-threshold faces extend tracks through blur and profile turns (video leak, benchmarks/RESULTS.md)
+    track_candidates = True
 
     def __init__(
         self,
@@ -44,16 +46,9 @@ class FaceDetector:
         unknown = [n for n in [*names, upscale_model or names[0]] if n not in FACE_MODELS]
         if unknown or not names:
             raise ValueError(f"unknown face model(s) {unknown}; known: {sorted(FACE_MODELS)}")
-        nets = {}
-        for i, n in enumerate(names):
-            nets[n] = FACE_MODELS[n](weights=weights if i == 0 else None, device=device, precision=precision,
-                                     threads=threads)
-        self.native_nets = list(nets.values())
-        self.net = self.native_nets[0]
-        # The upscaled views hunt small faces only; a cheaper network can do that job (see models/*.md).
-        up = upscale_model or names[0]
-        self.upscale_net = nets.get(up) or FACE_MODELS[up](weights=upscale_weights, device=device,
-                                                            precision=precision, threads=threads)
+        self.model_names, self.upscale_model = names, upscale_model or names[0]
+        self._net_args = {"device": device, "precision": precision, "threads": threads}
+        self._weights, self._upscale_weights = weights, upscale_weights
         self.threshold = float(threshold)
         # Views are decoded at a lower score so that fusion sees weak evidence from each view.
         # Fusion needs the weak per-view evidence: a face at 0.4 in two views is 0.64 after noisy-OR.
@@ -66,11 +61,31 @@ class FaceDetector:
             raise ValueError("score_fusion must be noisy_or or max")
         self.upscale_max_face, self.score_fusion = float(upscale_max_face), score_fusion
 
-    def info(self) -> ModelInfo:
-        return self.net.info()
+    def load(self) -> None:
+        nets = {}
+        for i, n in enumerate(self.model_names):
+            nets[n] = FACE_MODELS[n](weights=self._weights if i == 0 else None, **self._net_args)
+        self._native = list(nets.values())
+        # The upscaled views hunt small faces only; a cheaper network can do that job (see models/*.md).
+        up = self.upscale_model
+        self._upscale = nets.get(up) or FACE_MODELS[up](weights=self._upscale_weights, **self._net_args)
 
-    def infos(self) -> list[ModelInfo]:
-        nets = [*self.native_nets, *([] if self.upscale_net in self.native_nets else [self.upscale_net])]
+    @property
+    def native_nets(self) -> list:
+        self.ensure_loaded()
+        return self._native
+
+    @property
+    def upscale_net(self):
+        self.ensure_loaded()
+        return self._upscale
+
+    @property
+    def net(self):
+        return self.native_nets[0]
+
+    def model_infos(self) -> list[ModelInfo]:
+        nets = [*self._native, *([] if self._upscale in self._native else [self._upscale])]
         return [n.info() for n in nets]
 
     def params(self) -> dict:
@@ -81,18 +96,19 @@ class FaceDetector:
             "max_side": self.max_side,
             "tile_size": self.tile_size,
             "upscale_max_face": self.upscale_max_face,
-            "models": [n.name for n in self.native_nets],
-            "upscale_model": self.upscale_net.name,
+            "models": list(self.model_names),
+            "upscale_model": self.upscale_model,
             "score_fusion": self.score_fusion,
         }
 
-    def detect(self, frames: Sequence[np.ndarray], min_score: float | None = None) -> list[Detections]:
-        """Faces at or above the threshold (or down to min_score, for a tracker's second stage)."""
-        threshold = self.threshold if min_score is None else min(self.threshold, float(min_score))
+    def predict(self, frames: Sequence[np.ndarray], min_score: float, work: SharedWork) -> list[Detections]:
+        """Faces scoring >= min_score. Views are always decoded at candidate_threshold, so a lower min_score only
+        adds weaker faces and never changes the fused score of the others."""
+        threshold = min_score
         views = []
         for i, f in enumerate(frames):
             views += plan_views(f.shape[:2], i, self.scales, self.max_side, self.flip, self.tile_size)
-        cand = min(self.candidate_threshold, threshold)
+        cand = min(self.candidate_threshold, self.threshold)
         native = [v for v in views if v.scale <= 1]
         upscaled = [v for v in views if v.scale > 1]
         per_frame: dict[int, list] = defaultdict(list)

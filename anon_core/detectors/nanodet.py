@@ -2,13 +2,13 @@
 
 The network sees 416x416 letterboxed views: the whole frame plus, for frames large enough that people would
 shrink below a few cells, overlapping square-ish tiles ("adaptive tiling"). One shared instance per
-configuration serves several detectors (persons, plate search regions), and its per-frame result is memoised,
-so a frame is run through NanoDet once however many classes the policy asks for.
+configuration's results are shared between detectors (persons, plate search regions) through the `SharedWork`
+the pipeline passes to each of them for one batch, so a frame is run through each NanoDet view once however
+many classes the policy asks for. The loaded network itself is shared per weights/device (`shared_net`).
 """
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Sequence
 from functools import lru_cache
 
@@ -17,7 +17,7 @@ import numpy as np
 
 from anon_core.boxes import nms
 from anon_core.detections import Detections
-from anon_core.detectors.base import register_detector
+from anon_core.detectors.base import Detector, SharedWork, register_detector
 from anon_core.detectors.multiview import grid_tiles
 from anon_core.detectors.onnx_session import make_session
 from anon_core.weights import ModelInfo, model_dir, resolve_built  # noqa: F401 - model_dir: for callers
@@ -160,8 +160,18 @@ def _cut_by_inner_edge(b: np.ndarray, crop: tuple[int, int, int, int], w: int, h
     return cut
 
 
+@lru_cache(maxsize=4)
+def shared_net(weights: str | None = None, device: str = "auto", threads: int = 0) -> NanoDetNet:
+    """One loaded network per weights/device in a process (sessions are read-only and thread-safe)."""
+    return NanoDetNet(weights, device, threads)
+
+
 class NanoDet:
-    """Tiled NanoDet over frames, memoised per frame object. Labels are COCO names (person, car, ...)."""
+    """Tiled NanoDet over frames. Labels are COCO names (person, car, ...).
+
+    Raw per-view results go into the caller's `SharedWork` under this configuration's key, so two detectors
+    built on the same configuration (persons, plates) run each view of a frame once per batch.
+    """
 
     def __init__(
         self,
@@ -176,53 +186,34 @@ class NanoDet:
         threads: int = 0,
         class_names: Sequence[str] = ("person", *VEHICLES),
     ):
-        self.net = NanoDetNet(weights, device, threads)
+        self.net = shared_net(weights, device, int(threads))
         self.threshold, self.tile_size, self.tile_min_side = float(threshold), int(tile_size), int(tile_min_side)
         self.nms_iou, self.merge_iou, self.batch_size = float(nms_iou), float(merge_iou), int(batch_size)
         self.class_names = tuple(class_names)
         self.class_ids = [COCO_IDS[c] for c in self.class_names]
         self._id_to_name = {COCO_IDS[c]: c for c in self.class_names}
-        self._memo: list[tuple[weakref.ref, float, dict]] = []  # per frame: view key -> raw parts
+        # what makes two instances' raw views interchangeable
+        self.work_key = ("nanodet", weights, device, self.threshold, self.tile_size, self.tile_min_side,
+                         self.nms_iou, self.class_names)
 
     def info(self) -> ModelInfo:
         return self.net.info()
 
-    def _entry(self, frame: np.ndarray) -> dict | None:
-        alive = []
-        hit = None
-        for ref, check, views in self._memo:
-            f = ref()
-            if f is None:
-                continue
-            alive.append((ref, check, views))
-            if f is frame and check == _checksum(frame):
-                hit = views
-        self._memo = alive[-16:]
-        return hit
-
-    def detect(self, frames: Sequence[np.ndarray], flip: bool = False, upscale: float = 0.0, tiles: bool = True
-               ) -> list[Detections]:
+    def detect(self, frames: Sequence[np.ndarray], work: SharedWork | None = None, flip: bool = False,
+               upscale: float = 0.0, tiles: bool = True) -> list[Detections]:
         """Boxes from the base views (whole frame, and tiles unless `tiles` is false), plus optionally their mirror
         images and upscaled tiles.
 
-        Raw results are memoised per frame and per view, so the plate search (base views) and the person detector
-        (base + extra views) share the base passes.
+        Raw results are kept in `work` per frame and per view, so the plate search (base views) and the person
+        detector (base + extra views) share the base passes of one batch.
         """
+        work = work if work is not None else SharedWork()
         keys = [("whole", False)] + ([("tiles", False)] if tiles else [])
         if upscale > 1:
             keys.append(("up", False))
         if flip:
             keys += [(k, True) for k, _ in keys]
-        entries = []
-        for f in frames:
-            e = self._entry(f)
-            if e is None:
-                e = {}
-                try:
-                    self._memo.append((weakref.ref(f), _checksum(f), e))
-                except TypeError:  # an array view without weakref support: no memo, still correct
-                    pass
-            entries.append(e)
+        entries = [work.for_frame(f, self.work_key) for f in frames]
         todo = [(i, k) for i, e in enumerate(entries) for k in keys if k not in e]
         if todo:
             self._run(frames, todo, entries, upscale)
@@ -276,21 +267,14 @@ class NanoDet:
         return Detections(np.concatenate(ob), np.concatenate(os_), np.array(ol, object))
 
 
-def _checksum(frame: np.ndarray) -> float:
-    """Cheap guard against a frame buffer reused in place between two detectors' calls."""
-    sub = frame[:: max(1, frame.shape[0] // 16), :: max(1, frame.shape[1] // 16)]
-    return float(sub.sum(dtype=np.float64))
-
-
-@lru_cache(maxsize=4)
-def shared_nanodet(weights: str | None = None, device: str = "auto", threads: int = 0, threshold: float = 0.2,
-                   tile_size: int = 640, tile_min_side: int = 600) -> NanoDet:
-    """One NanoDet per configuration in a process: person and plate detectors share its per-frame results."""
+def nanodet_for(weights: str | None, device: str, threads: int, threshold: float, tile_size: int,
+                tile_min_side: int) -> NanoDet:
+    """The NanoDet configuration the person and plate detectors build on (same arguments: shared results)."""
     return NanoDet(weights=weights, threshold=threshold, tile_size=tile_size, tile_min_side=tile_min_side,
                    device=device, threads=threads)
 
 
-class PersonDetector:
+class PersonDetector(Detector):
     """Person boxes from NanoDet; with `silhouettes`, a per-person mask from the selfie segmentation model."""
 
     classes = ("person",)
@@ -319,29 +303,22 @@ class PersonDetector:
                               int(tile_min_side))
         self._seg_args = (segmentation_weights, device, int(threads), int(silhouette_min_height))
         self.silhouettes = bool(silhouettes)
-        self._loaded = False
 
-    def _load(self) -> None:
-        # Models load on first use: a configured but unused detector (policy without persons) costs nothing.
-        if self._loaded:
-            return
-        self.nanodet = shared_nanodet(*self._nanodet_args)
+    def load(self) -> None:
+        self.nanodet = nanodet_for(*self._nanodet_args)
         self.segmenter = None
         if self.silhouettes:
             from anon_core.detectors.segmentation import PersonSegmenter
 
             self.segmenter = PersonSegmenter(*self._seg_args)
-        self._loaded = True
 
-    def info(self) -> ModelInfo:
-        self._load()
-        return self.nanodet.info()
+    def model_infos(self) -> list[ModelInfo]:
+        return [self.nanodet.info()]
 
-    def detect(self, frames: Sequence[np.ndarray]) -> list[Detections]:
-        self._load()
+    def predict(self, frames: Sequence[np.ndarray], min_score: float, work: SharedWork) -> list[Detections]:
         out = []
-        for f, d in zip(frames, self.nanodet.detect(frames, flip=self.flip, upscale=self.upscale)):
-            d = d[(d.labels == "person") & (d.scores >= self.threshold)]
+        for f, d in zip(frames, self.nanodet.detect(frames, work, flip=self.flip, upscale=self.upscale)):
+            d = d[(d.labels == "person") & (d.scores >= min_score)]
             if self.segmenter is not None and len(d):
                 d.masks = self.segmenter.masks(f, d.xyxy)
             out.append(d)

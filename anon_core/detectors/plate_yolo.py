@@ -18,8 +18,8 @@ import numpy as np
 
 from anon_core.boxes import nms
 from anon_core.detections import Detections
-from anon_core.detectors.base import register_detector
-from anon_core.detectors.nanodet import model_dir, resolve_built, shared_nanodet
+from anon_core.detectors.base import Detector, SharedWork, register_detector
+from anon_core.detectors.nanodet import model_dir, nanodet_for, resolve_built
 from anon_core.detectors.onnx_session import make_session
 from anon_core.detectors.plates import vehicles
 from anon_core.weights import ModelInfo, Weights
@@ -78,7 +78,7 @@ class YoloPlateNet:
         return b[k].astype(np.float32), sc[k].astype(np.float32)
 
 
-class YoloPlateDetector:
+class YoloPlateDetector(Detector):
     """Whole-frame YOLO pass fused with YOLO passes inside upscaled vehicle crops."""
 
     classes = ("plate",)
@@ -107,32 +107,25 @@ class YoloPlateDetector:
         self.vehicle_max_width, self.crop_margin = int(vehicle_max_width), float(crop_margin)
         self.crop_weight, self.nms_iou = float(crop_weight), float(nms_iou)
         self._args = (weights, device, int(threads))
-        self._nanodet_args = (nanodet_weights, device, int(threads), 0.1)
-        self._loaded = False
+        # the vehicle regions come from the NanoDet configuration the other detectors use (shared per batch)
+        self._nanodet_args = (nanodet_weights, device, int(threads), 0.1, 640, 600)
 
-    def _load(self) -> None:
-        if self._loaded:
-            return
+    def load(self) -> None:
         self.net = YoloPlateNet(*self._args)
-        self.nanodet = shared_nanodet(*self._nanodet_args) if self.vehicle_crops else None
-        self._loaded = True
+        self.nanodet = nanodet_for(*self._nanodet_args) if self.vehicle_crops else None
 
-    def info(self) -> ModelInfo:
-        self._load()
-        return self.net.info()
-
-    def infos(self) -> list[ModelInfo]:
-        self._load()
+    def model_infos(self) -> list[ModelInfo]:
         return [self.net.info()] + ([self.nanodet.info()] if self.nanodet is not None else [])
 
-    def detect(self, frames: Sequence[np.ndarray], min_score: float | None = None) -> list[Detections]:
-        self._load()
-        floor = min(self.threshold, self.candidate_threshold if min_score is None else float(min_score))
-        objs = self.nanodet.detect(frames, tiles=False) if self.nanodet is not None else [None] * len(frames)
+    def predict(self, frames: Sequence[np.ndarray], min_score: float, work: SharedWork) -> list[Detections]:
+        # decoding lower only adds boxes below the others (NMS keeps the higher ones), so min_score never
+        # changes what passes the threshold
+        floor = min(self.threshold, self.candidate_threshold, float(min_score))
+        objs = self.nanodet.detect(frames, work, tiles=False) if self.nanodet is not None else [None] * len(frames)
         out = []
         for f, o in zip(frames, objs):
             b, s = self._detect_one(f, o, floor)
-            keep = s >= (self.threshold if min_score is None else min(self.threshold, float(min_score)))
+            keep = s >= min_score
             out.append(Detections(b[keep], s[keep], np.full(int(keep.sum()), "plate", object)))
         return out
 

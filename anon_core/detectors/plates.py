@@ -3,8 +3,8 @@
 No installable package ships a plate detector. A plate is, to a text detector, a short line of large characters;
 what separates it from other text is where it is (on a vehicle, in its lower part) and its shape (a line
 1.5-8x wider than tall, or a two-line square-ish plate). So:
-1. NanoDet (shared with the person detector, run once per frame) gives car/bus/truck/motorcycle boxes; each is
-   searched at a resolution where a plate is at least ~16 px high.
+1. NanoDet (its views shared with the person detector through the batch's SharedWork) gives car/bus/truck/
+   motorcycle boxes; each is searched at a resolution where a plate is at least ~16 px high.
 2. The frame is searched at one frame-wide scale too, over the box around every vehicle seen at a low score
    (`frame_region="vehicles"`, widened by 15 %; "whole": the whole frame): close-ups where the car fills the frame
    are often only weakly "a car". Restricting this pass to the vehicles' region raised recall 0.907 -> 0.910 and
@@ -35,8 +35,8 @@ import numpy as np
 
 from anon_core.boxes import intersection_over_first, nms
 from anon_core.detections import Detections
-from anon_core.detectors.base import register_detector
-from anon_core.detectors.nanodet import VEHICLES, shared_nanodet
+from anon_core.detectors.base import Detector, SharedWork, register_detector
+from anon_core.detectors.nanodet import VEHICLES, nanodet_for
 from anon_core.detectors.plate_verify import shared_reader, verified_scores
 from anon_core.detectors.text import shared_ppocr
 from anon_core.weights import ModelInfo
@@ -76,7 +76,7 @@ def vehicles(objs: Detections, min_score: float) -> Detections:
     return objs[np.isin(objs.labels.astype(str), VEHICLES) & (objs.scores >= min_score)]
 
 
-class PlateDetector:
+class PlateDetector(Detector):
     classes = ("plate",)
 
     def __init__(
@@ -141,29 +141,25 @@ class PlateDetector:
                               int(tile_min_side))
         self._ocr_args = (ocr_weights, device, int(threads))
         self.use_cascade = bool(cascade)
-        self._loaded = False
 
-    def _load(self) -> None:
-        # Models load on first use: a configured but unused detector costs nothing.
-        if self._loaded:
-            return
-        self.nanodet = shared_nanodet(*self._nanodet_args)
+    def load(self) -> None:
+        self.nanodet = nanodet_for(*self._nanodet_args)
         self.ocr = shared_ppocr(*self._ocr_args)
         self.reader = shared_reader(*self._rec_args) if self.verify else None
         self.cascade = None
         if self.use_cascade:
             self.cascade = cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_russian_plate_number.xml")
-        self._loaded = True
+
+    def model_infos(self) -> list[ModelInfo]:
+        o, n = self.ocr.info(), self.nanodet.info()
+        return [o, n, *([self.reader.info()] if self.reader is not None else [])]
 
     def info(self) -> ModelInfo:
-        self._load()
+        """One line for the whole search (the audit lists each model through `infos`)."""
+        self.ensure_loaded()
         o, n = self.ocr.info(), self.nanodet.info()
         return ModelInfo("plates:ppocrv4-det+nanodet", f"{o.version}+{n.version}", o.weights_sha256, o.source,
                          "Apache-2.0")
-
-    def infos(self) -> list[ModelInfo]:
-        self._load()
-        return [self.ocr.info(), self.nanodet.info(), *([self.reader.info()] if self.reader is not None else [])]
 
     def _search(self, frame: np.ndarray, region: tuple[int, int, int, int], scale: float, rel_width: float):
         """Text boxes found in one region, as plate candidates in frame pixels."""
@@ -182,17 +178,16 @@ class PlateDetector:
         keep &= (b[:, 2] - b[:, 0]) <= self.max_width_share * rel_width
         return b[keep], s[keep]
 
-    def detect(self, frames: Sequence[np.ndarray]) -> list[Detections]:
-        self._load()
+    def predict(self, frames: Sequence[np.ndarray], min_score: float, work: SharedWork) -> list[Detections]:
         out: list[Detections] = [Detections.empty() for _ in frames]
-        gate = self.nanodet.detect(frames, tiles=False)
+        gate = self.nanodet.detect(frames, work, tiles=False)
         todo = [i for i, g in enumerate(gate) if self.gate_threshold <= 0 or len(vehicles(g, self.gate_threshold))]
         if self.vehicle_tiles and todo:
-            found = self.nanodet.detect([frames[i] for i in todo], tiles=True)
+            found = self.nanodet.detect([frames[i] for i in todo], work, tiles=True)
         else:  # the gate's whole-frame view is all the search needs
             found = [gate[i] for i in todo]
         for i, objs in zip(todo, found):
-            out[i] = self._detect_one(frames[i], objs)
+            out[i] = self._detect_one(frames[i], objs, min_score)
         return out
 
     def grow_y(self, net_height: np.ndarray) -> np.ndarray:
@@ -222,7 +217,7 @@ class PlateDetector:
         x1, y1 = np.ceil(np.minimum(hi + pad, [w, h])).astype(int)
         return int(x0), int(y0), int(x1), int(y1)
 
-    def _detect_one(self, frame: np.ndarray, objs: Detections) -> Detections:
+    def _detect_one(self, frame: np.ndarray, objs: Detections, min_score: float) -> Detections:
         h, w = frame.shape[:2]
         boxes, scores = [], []
         veh = vehicles(objs, self.vehicle_threshold)
@@ -268,10 +263,10 @@ class PlateDetector:
             keep = nms(b, s, 0.3)
             b, s = b[keep], s[keep]
             if self.reader is not None:  # the check only lowers scores: read only what could still pass
-                b, s = b[s >= self.threshold], s[s >= self.threshold]
+                b, s = b[s >= min_score], s[s >= min_score]
                 floor = np.where(b[:, 3] - b[:, 1] >= self.verify_large[0], self.verify_large[1], self.verify_floor)
                 s = verified_scores(self.reader, frame, b, s, floor)
-            keep = s >= self.threshold
+            keep = s >= min_score
             return Detections(b[keep], s[keep], np.full(int(keep.sum()), "plate", object))
         return Detections.empty()
 

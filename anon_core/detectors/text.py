@@ -16,7 +16,7 @@ import numpy as np
 
 from anon_core.boxes import nms
 from anon_core.detections import Detections
-from anon_core.detectors.base import register_detector
+from anon_core.detectors.base import Detector, SharedWork, register_detector
 from anon_core.detectors.onnx_session import make_session
 from anon_core.weights import ModelInfo, Weights, package_version, resolve
 
@@ -92,7 +92,7 @@ def shared_ppocr(weights: str | None = None, device: str = "auto", threads: int 
     return PPOCRDet(weights, device, threads)
 
 
-class TextDetector:
+class TextDetector(Detector):
     """Optional `text` class: screens, name tags, house numbers, signs."""
 
     classes = ("text",)
@@ -102,12 +102,11 @@ class TextDetector:
         self._args = (weights, device, int(threads))
         self.threshold, self.max_side, self.min_side = float(threshold), int(max_side), int(min_side)
 
-    @property
-    def net(self) -> PPOCRDet:
-        return shared_ppocr(*self._args)  # loaded on first use; cached per configuration
+    def load(self) -> None:
+        self.net = shared_ppocr(*self._args)  # one loaded network per configuration, shared with the plate search
 
-    def info(self) -> ModelInfo:
-        return self.net.info()
+    def model_infos(self) -> list[ModelInfo]:
+        return [self.net.info()]
 
     def scale_for(self, shape: tuple[int, ...]) -> float:
         """Small images are upscaled so the shorter side reaches min_side (PP-OCR's own rule), capped by max_side."""
@@ -115,10 +114,10 @@ class TextDetector:
         s = max(1.0, self.min_side / min(h, w))
         return min(s, self.max_side / max(h, w)) if max(h, w) * s > self.max_side else s
 
-    def detect(self, frames: Sequence[np.ndarray]) -> list[Detections]:
+    def predict(self, frames: Sequence[np.ndarray], min_score: float, work: SharedWork) -> list[Detections]:
         out = []
         for f in frames:
-            b, s = self.net.boxes(f, self.scale_for(f.shape), box_threshold=self.threshold)
+            b, s = self.net.boxes(f, self.scale_for(f.shape), box_threshold=min_score)
             keep = nms(b, s, 0.5)
             out.append(Detections(b[keep], s[keep], np.full(len(keep), "text", object)))
         return out

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from anon_core.detections import Detections
-from anon_core.detectors.base import register_detector
+from anon_core.detectors.base import Detector, SharedWork, register_detector
 from anon_core.weights import ModelInfo, package_version
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -140,7 +140,7 @@ def _class_map(classes: Mapping[Any, str] | Sequence[str] | None) -> dict[int, s
     return {i: str(v) for i, v in enumerate(classes)}
 
 
-class YoloDetector:
+class YoloDetector(Detector):
     """An ultralytics YOLO model (detect or segment task) behind the detector protocol."""
 
     def __init__(
@@ -175,18 +175,19 @@ class YoloDetector:
 
     @property
     def model(self) -> Any:
-        # loaded on first use: a configured but unused detector (policy without its classes) costs nothing
-        if self._model is None:
-            offline_ultralytics()
-            from ultralytics import YOLO
-
-            if self.threads:
-                import torch
-
-                torch.set_num_threads(self.threads)
-            self._path = fetch_weights(self.uri)
-            self._model = YOLO(str(self._path), task="segment" if self.masks else "detect")
+        self.ensure_loaded()
         return self._model
+
+    def load(self) -> None:
+        offline_ultralytics()
+        from ultralytics import YOLO
+
+        if self.threads:
+            import torch
+
+            torch.set_num_threads(self.threads)
+        self._path = fetch_weights(self.uri)
+        self._model = YOLO(str(self._path), task="segment" if self.masks else "detect")
 
     def _torch_device(self) -> str:
         if self.device in ("cpu", "cuda", "gpu") or str(self.device).startswith("cuda:"):
@@ -195,23 +196,22 @@ class YoloDetector:
 
         return "cuda:0" if torch.cuda.is_available() else "cpu"
 
-    def info(self) -> ModelInfo:
-        _ = self.model
+    def model_infos(self) -> list[ModelInfo]:
         assert self._path is not None
         h = hashlib.sha256()
         files = [self._path] if self._path.is_file() else sorted(p for p in self._path.rglob("*") if p.is_file())
         for f in files:
             h.update(f.read_bytes())
-        return ModelInfo(f"yolo:{self._path.name}", f"ultralytics@{package_version('ultralytics')}", h.hexdigest(),
-                         self.uri)
+        return [ModelInfo(f"yolo:{self._path.name}", f"ultralytics@{package_version('ultralytics')}", h.hexdigest(),
+                          self.uri)]
 
-    def detect(self, frames: Sequence[np.ndarray]) -> list[Detections]:
-        model = self.model
+    def predict(self, frames: Sequence[np.ndarray], min_score: float, work: SharedWork) -> list[Detections]:
+        model = self._model
         out: list[Detections] = []
         for k in range(0, len(frames), self.batch_size):
             # ultralytics takes numpy images as BGR (OpenCV order); ours are RGB
             chunk = [np.ascontiguousarray(f[..., ::-1]) for f in frames[k : k + self.batch_size]]
-            results = model.predict(chunk, conf=self.threshold, iou=self.iou, imgsz=self.imgsz, max_det=self.max_det,
+            results = model.predict(chunk, conf=min_score, iou=self.iou, imgsz=self.imgsz, max_det=self.max_det,
                                     device=self._torch_device(), half=self.half, verbose=False)
             for frame, r in zip(chunk, results):
                 out.append(self._convert(r, frame.shape[:2]))

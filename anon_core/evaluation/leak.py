@@ -212,6 +212,43 @@ def _longest_runs(events: dict[int, list[tuple[int, bool]]]) -> dict[int, int]:
     return out
 
 
+class VideoLeak:
+    """`leak_video`'s accumulator: add frames one at a time (nothing but counts is kept), then `result()`."""
+
+    def __init__(self, **kwargs) -> None:
+        self.kwargs = kwargs
+        self.events: dict[int, list[tuple[int, bool]]] = defaultdict(list)
+        self.n_eval = self.n_leak = self.n_frames = self.frames_leaked = self.changed = self.outside = 0
+
+    def add(self, frame: int, orig: np.ndarray, anon: np.ndarray, gt: GroundTruthImage) -> None:
+        r = leak_image(orig, anon, gt, **self.kwargs)
+        self.n_frames += 1
+        self.n_eval += r.n_evaluated
+        self.n_leak += r.n_leaked
+        self.frames_leaked += int(r.n_leaked > 0)
+        self.changed += r.changed_outside
+        self.outside += r.pixels_outside
+        tids = gt.track_ids if gt.track_ids is not None else np.arange(len(gt.boxes))
+        for tid, ev, lk in zip(tids, r.evaluated, r.leaked):
+            if ev:
+                self.events[int(tid)].append((int(frame), bool(lk)))
+
+    def result(self) -> dict:
+        runs = _longest_runs(self.events)
+        n_eval, n_frames = self.n_eval, self.n_frames
+        return {
+            "n_frames": n_frames,
+            "n_evaluated": n_eval,
+            "n_leaked": self.n_leak,
+            "leak_rate": self.n_leak / n_eval if n_eval else None,
+            "frames_with_leak": self.frames_leaked,
+            "frame_leak_rate": self.frames_leaked / n_frames if n_frames else None,
+            "over_masking": self.changed / self.outside if self.outside else None,
+            "longest_leak_run": {str(k): v for k, v in sorted(runs.items())},
+            "max_longest_leak_run": max(runs.values(), default=0),
+        }
+
+
 def leak_video(
     frames: Iterable[tuple[int, np.ndarray, np.ndarray, GroundTruthImage]], **kwargs
 ) -> dict:
@@ -222,29 +259,7 @@ def leak_video(
     with any leak, and the longest run of consecutive leaked frames per track id (skipped or absent frames
     break a run; they are not counted as leaked).
     """
-    events: dict[int, list[tuple[int, bool]]] = defaultdict(list)
-    n_eval = n_leak = n_frames = frames_leaked = changed = outside = 0
+    acc = VideoLeak(**kwargs)
     for frame, orig, anon, gt in frames:
-        r = leak_image(orig, anon, gt, **kwargs)
-        n_frames += 1
-        n_eval += r.n_evaluated
-        n_leak += r.n_leaked
-        frames_leaked += int(r.n_leaked > 0)
-        changed += r.changed_outside
-        outside += r.pixels_outside
-        tids = gt.track_ids if gt.track_ids is not None else np.arange(len(gt.boxes))
-        for tid, ev, lk in zip(tids, r.evaluated, r.leaked):
-            if ev:
-                events[int(tid)].append((int(frame), bool(lk)))
-    runs = _longest_runs(events)
-    return {
-        "n_frames": n_frames,
-        "n_evaluated": n_eval,
-        "n_leaked": n_leak,
-        "leak_rate": n_leak / n_eval if n_eval else None,
-        "frames_with_leak": frames_leaked,
-        "frame_leak_rate": frames_leaked / n_frames if n_frames else None,
-        "over_masking": changed / outside if outside else None,
-        "longest_leak_run": {str(k): v for k, v in sorted(runs.items())},
-        "max_longest_leak_run": max(runs.values(), default=0),
-    }
+        acc.add(frame, orig, anon, gt)
+    return acc.result()

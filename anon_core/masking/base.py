@@ -43,19 +43,30 @@ def register_operator(name: str):
     return wrap
 
 
+ENTRY_POINT_GROUP = "anon.masks"  # third-party operators (see anon_core/plugins.py)
+
+
 def operator_factory(name: str) -> Callable[..., MaskOperator]:
-    """The registered operator class; its constructor declares the parameters."""
-    if name not in _OPERATORS:
-        raise ValueError(f"unknown mask operator {name!r}; known: {sorted(_OPERATORS)}")
-    return _OPERATORS[name]
+    """The registered operator class (or an `anon.masks` entry point); its constructor declares the parameters."""
+    from anon_core.plugins import plugin
+
+    factory = _OPERATORS.get(name) or plugin(ENTRY_POINT_GROUP, name)
+    if factory is None:
+        raise ValueError(f"unknown mask operator {name!r}; known: {available_operators()}")
+    return factory
 
 
 def create_operator(name: str, **params) -> MaskOperator:
-    return operator_factory(name)(**params)
+    op = operator_factory(name)(**params)
+    if not isinstance(op, MaskOperator):
+        raise TypeError(f"mask operator {name!r} is a {type(op).__name__}, not an anon_core.masking.MaskOperator")
+    return op
 
 
 def available_operators() -> list[str]:
-    return sorted(_OPERATORS)
+    from anon_core.plugins import plugin_names
+
+    return sorted(set(_OPERATORS) | set(plugin_names(ENTRY_POINT_GROUP)))
 
 
 def require(cond: bool, message: str) -> None:

@@ -1,6 +1,7 @@
 """Video orchestration: decode -> detect (batched) -> track/schedule -> mask -> encode, pipelined.
 
-Three stages connected by bounded queues, each in its own thread when `pipelining` is on:
+Three stages connected by bounded queues, each in its own thread when `pipelining` is on (the middle one is
+the frame engine, `anon_core/video/session.py`, which every other frame path uses too):
 
     decode (thread)  --batches-->  detect+track+mask (thread)  --frames/packets-->  encode (caller's thread)
 
@@ -22,11 +23,10 @@ from collections.abc import Iterable, Iterator
 from typing import TypeVar
 
 from anon_core.deadline import Deadline
-from anon_core.detections import Detections
 from anon_core.media.errors import UnsupportedMedia
-from anon_core.tracking import MaskScheduler
 from anon_core.video.decode import Batch, Frame, VideoReader
 from anon_core.video.encode import MUXERS, VideoWriter
+from anon_core.video.session import FrameSession
 from anon_core.video.settings import VideoSettings
 
 T = TypeVar("T")
@@ -109,121 +109,20 @@ def _add_ms(timings: dict[str, float], key: str, t0: float) -> None:
     timings[key] = timings.get(key, 0.0) + (time.perf_counter() - t0) * 1000
 
 
-def _weak_hits(hits: int, k: int) -> int:
-    """Analysed frames a weak track needs: the same stretch of video whatever k is, but never one lone hit."""
-    return hits if k == 1 or hits == 0 else max(2, -(-hits // k))
+def _analysed(session: FrameSession, batches: Iterable[Batch], time_base: float) -> Iterator[list]:
+    """Decoded batches through the frame engine: packets to copy and masked frames, in output order."""
+    def frames(masked: list) -> list[Frame]:
+        return [Frame(m.meta.index, m.rgb, m.meta.pts, m.meta.duration) for m in masked]
 
-
-class _Analyser:
-    """Detect on every k-th frame, push to the scheduler, mask frames as they become final."""
-
-    def __init__(self, anonymizer, settings: VideoSettings, reader: VideoReader, timings: dict[str, float],
-                 ctx=None):
-        self.anonymizer = anonymizer
-        # per-asset mask state (vault recorder, subject tracks), passed through to mask application
-        self.ctx = ctx if ctx is not None else anonymizer.mask_context()
-        self.recorder = self.ctx.recorder
-        # fail closed: frames whose analysis failed (on_analysis_error=mask_frame) are masked whole
-        self.failed: set[int] = set()
-        self.residual = anonymizer.residual.session(float(reader.rate)) if anonymizer.residual else None
-        self.k = settings.detect_every_k
-        self.candidate_score = settings.candidate_score
-        fps = float(reader.rate)
-        self.scheduler = MaskScheduler.from_seconds(
-            fps, settings.lookahead_s, settings.lead_s, settings.trail_s,
-            # with sparse detection the gap between two detector frames must still be interpolated
-            max(settings.max_gap_s, (self.k + 1) / fps),
-            frame_size=reader.display_size, mask_thresh=settings.mask_thresh,
-            # the evidence a weak track needs spans the same stretch of video whatever k is (at least 2 hits)
-            weak_min_hits=_weak_hits(settings.weak_track_hits, self.k),
-        )
-        self.pending: dict[int, Frame] = {}  # frames waiting for the scheduler's verdict
-        self.timings = timings
-        self.detected: dict[str, int] = {}
-        self.masked: dict[str, int] = {}
-        self.frames_detected = 0
-        self.max_pending = 0
-        self.last_pushed = -1
-
-    def run(self, batches: Iterable[Batch]) -> Iterator[list]:
-        for batch in batches:
-            out: list = [batch.packets] if batch.packets else []
-            todo = [f for f in batch.frames if f.index % self.k == 0]
-            dets, failed = self._detect(todo)
-            for f, bad in zip(todo, failed):
-                if bad:  # frames interpolated from this one are unchecked too
-                    self.failed.update(range(max(0, f.index - self.k + 1), f.index + self.k))
-            by_index = {f.index: d for f, d in zip(todo, dets)}
-            for f in batch.frames:
-                self.pending[f.index] = f
-                d = by_index.get(f.index)
-                if d is None:
-                    continue  # the scheduler treats skipped indices as frames without detections
-                t0 = time.perf_counter()
-                final = self.scheduler.push(f.index, d)
-                self.last_pushed = f.index
-                _add_ms(self.timings, "track", t0)
-                out += self._mask(final)
-            self.max_pending = max(self.max_pending, len(self.pending))
-            if out:
-                yield out
-        t0 = time.perf_counter()
-        final = self._flush()
-        _add_ms(self.timings, "track", t0)
-        rest = self._mask(final)
-        if self.pending:  # fail closed: a frame the scheduler never released would go out unchecked
-            raise RuntimeError(f"{len(self.pending)} frames were never scheduled for masking")
-        if rest:
-            yield rest
-
-    def _flush(self) -> list[tuple[int, Detections]]:
-        # Frames after the last detector frame (detect_every_k > 1) have no later evidence to interpolate
-        # towards: analyse them too rather than extrapolate into the end of the stream.
-        out = []
-        tail = [self.pending[i] for i in sorted(self.pending) if i > self.last_pushed]
-        for f, d, bad in zip(tail, *self._detect(tail)):
-            if bad:
-                self.failed.add(f.index)
-            out += self.scheduler.push(f.index, d)
-        return out + self.scheduler.flush()
-
-    def _detect(self, frames: list[Frame]) -> tuple[list[Detections], list[bool]]:
-        """Detections (down to the candidate score) and per-frame "analysis failed" flags, counted and timed."""
-        if not frames:
-            return [], []
-        t0 = time.perf_counter()
-        dets, failed = self.anonymizer.detect_or_mask([f.rgb for f in frames], min_score=self.candidate_score)
-        _add_ms(self.timings, "detect", t0)
-        self.frames_detected += len(frames)
-        for d in dets:
-            for label, n in d.counts().items():
-                self.detected[label] = self.detected.get(label, 0) + n
-        return dets, failed
-
-    def _mask(self, final: list[tuple[int, Detections]]) -> list:
-        out = []
-        t0 = time.perf_counter()
-        for idx, d in final:
-            f = self.pending.pop(idx)
-            rgb = f.rgb
-            if idx in self.failed:
-                from anon_core.pipeline import mask_whole_frame
-
-                if self.recorder is not None:
-                    self.recorder.record_whole(idx, rgb)
-                rgb = mask_whole_frame(rgb)
-                self.masked["whole_frame"] = self.masked.get("whole_frame", 0) + 1
-                out.append(Frame(f.index, rgb, f.pts, f.duration))
-                continue
-            if len(d):
-                rgb, _ = self.anonymizer.mask(rgb, d, self.ctx, idx)
-                for label, n in d.counts().items():
-                    self.masked[label] = self.masked.get(label, 0) + n
-            if self.residual is not None and self.residual.due(idx):
-                rgb = self.residual.check(rgb, idx, self.recorder)
-            out.append(Frame(f.index, rgb, f.pts, f.duration))
-        _add_ms(self.timings, "mask", t0)
-        return out
+    for batch in batches:
+        out: list = [batch.packets] if batch.packets else []
+        out += frames(session.push([f.rgb for f in batch.frames], metas=batch.frames,
+                                   times_s=[f.pts * time_base for f in batch.frames]))
+        if out:
+            yield out
+    rest = frames(session.flush())
+    if rest:
+        yield rest
 
 
 def _video_audio(audio, reader: VideoReader, family: str, rec, deadline: Deadline):
@@ -266,7 +165,8 @@ def anonymize_video(anonymizer, source, out_path: str, media, rec, deadline: Dea
         _add_ms(timings, "decode", t0)
         voice = _video_audio(anonymizer.config.audio, reader, family, rec, deadline)
         writer = VideoWriter(out_path, family, reader, settings, audio=voice)
-        analyser = _Analyser(anonymizer, settings, reader, timings, ctx)
+        session = FrameSession(anonymizer, float(reader.rate), reader.display_size, kind="video", ctx=ctx,
+                               record=rec, timings=timings)
 
         def decoded() -> Iterator[Batch]:
             it = reader.batches(settings.batch_size)
@@ -281,7 +181,7 @@ def anonymize_video(anonymizer, source, out_path: str, media, rec, deadline: Dea
         batches: Iterable[Batch] = decoded()
         if settings.pipelining:
             batches = pipe.prefetch(batches, settings.queue_batches, "decode")
-        results: Iterable[list] = analyser.run(batches)
+        results: Iterable[list] = _analysed(session, batches, float(reader.time_base))
         if settings.pipelining:
             results = pipe.prefetch(results, settings.queue_batches, "analyse")
         for items in results:
@@ -300,11 +200,7 @@ def anonymize_video(anonymizer, source, out_path: str, media, rec, deadline: Dea
             raise RuntimeError(f"wrote {writer.frames_written} of {reader.frames_decoded} frames")
         # fail closed: every k-th frame and the tail after the last one must have gone through the detectors
         # (the rest through the tracker)
-        n, k = reader.frames_decoded, settings.detect_every_k
-        expected = (n + k - 1) // k + ((n - 1) % k if n else 0)
-        if analyser.frames_detected != expected:
-            raise RuntimeError(f"{analyser.frames_detected} frames analysed, expected {expected}: "
-                               "output not published")
+        session.verify()
         ok = True
     finally:
         stuck = pipe.shutdown()
@@ -320,13 +216,13 @@ def anonymize_video(anonymizer, source, out_path: str, media, rec, deadline: Dea
     rec.width, rec.height = reader.display_size
     rec.frames = reader.frames_decoded
     rec.duration_s = float((reader.end_pts - reader.first_pts) * reader.time_base)
-    rec.detections = dict(analyser.detected)
-    rec.masked = dict(analyser.masked)
-    if analyser.failed:
-        rec.extra["analysis_errors"] = {"frames_masked_whole": analyser.masked.get("whole_frame", 0),
+    rec.detections = dict(session.detected)
+    rec.masked = dict(session.masked)
+    if session.failed:
+        rec.extra["analysis_errors"] = {"frames_masked_whole": session.masked.get("whole_frame", 0),
                                         "policy": anonymizer.config.on_analysis_error}
-    if analyser.residual is not None:
-        rec.extra["residual"] = analyser.residual.report()
+    if session.residual is not None:
+        rec.extra["residual"] = session.residual.report()
     rec.metadata_removed = reader.plan.removed()
     plan = reader.plan.to_dict()
     if voice is not None:
@@ -340,7 +236,7 @@ def anonymize_video(anonymizer, source, out_path: str, media, rec, deadline: Dea
         rec.extra["audio"] = report
     wall = timings["video_wall"] / 1000
     rec.extra.update({
-        "tracks": analyser.scheduler.stats(),
+        "tracks": session.scheduler.stats(),
         **plan,
         "encoder": writer.describe(),
         "video": {
@@ -351,11 +247,11 @@ def anonymize_video(anonymizer, source, out_path: str, media, rec, deadline: Dea
             "display_matrix": list(reader.display_matrix) if reader.display_matrix else None,
             "pts_repaired": reader.pts_repaired,
             "packets_copied": writer.packets_copied,
-            "frames_detected": analyser.frames_detected,
+            "frames_detected": session.frames_detected,
             "detect_every_k": settings.detect_every_k,
             "batch_size": settings.batch_size,
             "pipelining": settings.pipelining,
-            "max_frames_held": analyser.max_pending,
+            "max_frames_held": session.max_pending,
             "fps": round(reader.frames_decoded / wall, 2) if wall > 0 else None,
         },
     })

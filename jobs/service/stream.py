@@ -19,7 +19,7 @@ import numpy as np
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from anon_core.pipeline import Anonymizer
-from anon_core.tracking import MaskScheduler
+from anon_core.video.session import FrameSession, MaskedFrame, Windows
 
 log = logging.getLogger("anon.service.stream")
 
@@ -93,9 +93,11 @@ def check_frame(jpeg: bytes, limits: StreamLimits, held_frames: int) -> None:
 
 
 class FrameWorker:
-    """One connection's frames, in order: decode -> detect -> track (MaskScheduler) -> mask -> JPEG.
+    """One connection's frames, in order: decode -> the frame engine (detect, track, mask) -> JPEG.
 
-    Runs in a worker thread, one frame at a time per connection, so the scheduler needs no lock.
+    Runs in a worker thread, one frame at a time per connection, so the engine needs no lock.
+    The engine (`anon_core.video.session.FrameSession`) is the one the video file path runs: weak tracks,
+    candidates, detect_every_k, on_analysis_error and the residual check apply here too.
     """
 
     def __init__(self, anonymizer: Anonymizer, opts: StreamOptions, max_pixels: int) -> None:
@@ -103,19 +105,17 @@ class FrameWorker:
         self.opts = opts
         self.max_pixels = max_pixels
         self.video = anonymizer.config.video
-        self.scheduler: MaskScheduler | None = None
+        self.session: FrameSession | None = None
         self.size: tuple[int, int] | None = None
-        self.index = 0
-        self.held: dict[int, tuple[int, np.ndarray, float]] = {}
 
-    def _new_scheduler(self, size: tuple[int, int]) -> MaskScheduler:
+    def _new_session(self, size: tuple[int, int]) -> FrameSession:
         v, o = self.video, self.opts
         look = max(0.0, o.lookahead_s)
         trail = v.trail_s if o.trail_s is None else o.trail_s
         # Without look-ahead a gap can only be bridged by trailing fill, never interpolated.
-        return MaskScheduler.from_seconds(o.fps, lookahead_s=look, lead_s=min(v.lead_s, look), trail_s=trail,
-                                          max_gap_s=min(v.max_gap_s, look), frame_size=size,
-                                          mask_thresh=v.mask_thresh)
+        windows = Windows(lookahead_s=look, lead_s=min(v.lead_s, look), trail_s=trail,
+                          max_gap_s=min(v.max_gap_s, look))
+        return FrameSession(self.anonymizer, o.fps, size, kind="stream", windows=windows)
 
     def process(self, ts: int, jpeg: bytes, t_recv: float) -> list[tuple[int, bytes, float]]:
         buf = np.frombuffer(jpeg, np.uint8)
@@ -132,27 +132,22 @@ class FrameWorker:
         out: list[tuple[int, bytes, float]] = []
         if self.size != (w, h):  # a new resolution starts a new tracking session
             out += self.flush()
-            self.scheduler, self.size = self._new_scheduler((w, h)), (w, h)
+            self.session, self.size = self._new_session((w, h)), (w, h)
         rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-        dets = self.anonymizer.detect([rgb], min_score=self.video.candidate_score)[0]
-        idx = self.index
-        self.index += 1
-        self.held[idx] = (ts, rgb, t_recv)
-        assert self.scheduler is not None
-        return out + self._finish(self.scheduler.push(idx, dets))
+        assert self.session is not None
+        return out + self._encode(self.session.push([rgb], metas=[(ts, t_recv)]))
 
     def flush(self) -> list[tuple[int, bytes, float]]:
-        if self.scheduler is None:
+        if self.session is None:
             return []
-        return self._finish(self.scheduler.flush())
+        session, self.session, self.size = self.session, None, None
+        return self._encode(session.flush())
 
-    def _finish(self, final) -> list[tuple[int, bytes, float]]:
+    def _encode(self, frames: list[MaskedFrame]) -> list[tuple[int, bytes, float]]:
         out = []
-        for idx, d in final:
-            ts, rgb, t_recv = self.held.pop(idx)
-            if len(d):
-                rgb, _ = self.anonymizer.mask(rgb, d)
-            ok, enc = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR),
+        for f in frames:
+            ts, t_recv = f.meta
+            ok, enc = cv2.imencode(".jpg", cv2.cvtColor(f.rgb, cv2.COLOR_RGB2BGR),
                                    [cv2.IMWRITE_JPEG_QUALITY, int(self.opts.quality)])
             if not ok:  # fail closed: the frame is reported as an error, never sent unmasked
                 raise FrameError("JPEG encoding failed")
