@@ -164,8 +164,11 @@ def test_nanodet_persons_and_silhouettes_match(astronaut):
 def test_plates_and_text_match(astronaut):
     from skimage import data
 
-    a = create_detector("plate", device="cpu", threshold=0.2).detect([astronaut])[0]
-    b = create_detector("plate", device="openvino", threshold=0.2).detect([astronaut])[0]
+    # the raw text search (the reading check and the maybe-vehicle pixel budget rightly drop the astronaut's
+    # candidates, which are no plates): its boxes must agree across backends
+    raw = {"threshold": 0.2, "verify": False, "weak_max_pixels": 0}
+    a = create_detector("plate", device="cpu", **raw).detect([astronaut])[0]
+    b = create_detector("plate", device="openvino", **raw).detect([astronaut])[0]
     assert len(a) >= 1
     match(a, b, 0.2)
     sign = np.repeat(data.text()[..., None], 3, axis=2)  # a photographed sign

@@ -7,9 +7,11 @@ Defaults (measured with benchmarks/voice_privacy.py and voice_eer.py; see models
   in the direction of the pitch change) plus a McAdams power warp (alpha 0.6-0.75), a random smooth +-10 dB
   curve (8 cosine terms) added to the envelope (it hides the microphone/room colouring an attacker also keys
   on), and the speech put at -26 dBFS (the recording level alone links one speaker's assets). Issue 21 raised
-  these from formants 1.2-1.4 / McAdams 0.65-0.8 / 4-term +-8 dB curve / level kept: ignorant EER 36.9 -> 43 %,
-  lazy-informed TAR at 1 % FAR 10 -> ~2.5 %, at the price of a larger Whisper WER increase (26 -> ~45 %).
-  Piecewise warp, formant drift and envelope flattening are available but off (no gain over these at equal WER).
+  these from formants 1.2-1.4 / McAdams 0.65-0.8 / 4-term +-8 dB curve / level kept: ignorant EER 36.9 -> 43.2 %,
+  lazy-informed 38.4 -> 44.0 %, lazy TAR at 1 % FAR 10 -> 2.4 %, at the price of a larger Whisper WER increase
+  (26 -> 44.5 %).
+  Piecewise warp, formant drift and envelope flattening are available but off (no gain over these at equal WER;
+  envelope_flatten=0.7 with the old ranges is the robust lighter choice, see RESULTS.md).
 - targets ``random`` per asset unless a key is set (env var ``key_env``): then the target of a speaker is
   derived from HMAC(key, speaker id) and the same speaker id maps to the same voice in every asset.
 - speech only: VAD (silero ONNX) finds speech; non-speech is kept (``nonspeech_gain_db`` = 0) or

@@ -38,6 +38,15 @@ def _packaged_rec() -> Weights:
     return Weights(path.read_bytes(), f"pkg://{PPOCR_DIST}/{PPOCR_MODULE}/{REC_FILE}", package_version(PPOCR_DIST))
 
 
+def _characters(model: bytes) -> str:
+    """The recognition alphabet stored in the ONNX metadata (read from the file: OpenVINO sessions have no
+    metadata accessor)."""
+    import onnx
+
+    props = {p.key: p.value for p in onnx.load_model_from_string(model).metadata_props}
+    return props["character"]
+
+
 class PlateReader:
     """PP-OCRv4 recognition: crops in, (text, mean character confidence) out (greedy CTC)."""
 
@@ -48,9 +57,8 @@ class PlateReader:
         self.weights = resolve(weights) if weights else _packaged_rec()
         self.session = make_session(self.weights.data, device, threads)
         self.input_name = self.session.get_inputs()[0].name
-        meta = self.session.get_modelmeta().custom_metadata_map
         # index 0 is the CTC blank, the last one a space (PaddleOCR's use_space_char)
-        self.chars = ["", *meta["character"].splitlines(), " "]
+        self.chars = ["", *_characters(self.weights.data).splitlines(), " "]
 
     def info(self) -> ModelInfo:
         return ModelInfo("ppocrv4-rec", self.weights.version, self.weights.sha256, self.weights.source, LICENSE)
