@@ -288,11 +288,13 @@ def create_app(settings: ServiceSettings | None = None):
             try:
                 kind, out = await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(fut)),
                                                    max(0.1, deadline_at - time.monotonic()))
-            except TimeoutError:
-                work_deadline.cancel()
+            except (TimeoutError, asyncio.CancelledError) as exc:
+                work_deadline.cancel()  # the request gave up (time limit, or its task was cancelled): so does the work
                 if not fut.cancel():  # already running: the thread still owns the dir until it stops
                     fut.add_done_callback(lambda _f: remove_workdir(workdir))
                     handed_off = True
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
                 return _error(504, "processing took longer than the request time limit", "timeout")
             metrics.assets.labels("request", rec.media_type, rec.status).inc()
             if out is None:

@@ -154,6 +154,27 @@ def test_one_key_cannot_fill_the_job_queue(env, astronaut):
 
 
 def test_job_errors_do_not_show_storage_endpoints(tmp_path):
+    """A job whose object store cannot be reached fails with a message naming neither host nor port."""
+    pytest.importorskip("s3fs")
+    endpoint = "http://127.0.0.1:9"  # discard port: connection refused at once
+    s = make_settings(tmp_path / "tmp", read_prefixes=["s3://bucket/in/"], write_prefixes=["s3://bucket/out/"],
+                      storage_options={"key": "k", "secret": "s", "client_kwargs": {
+                          "endpoint_url": endpoint, "region_name": "us-east-1"},
+                          "config_kwargs": {"retries": {"max_attempts": 1}, "connect_timeout": 1}})
+    server = start_thread_server(s)
+    try:
+        with httpx.Client(base_url=server.url, timeout=60) as c:
+            r = c.post("/v1/jobs", headers=AUTH, json={"input": "s3://bucket/in/x", "output": "s3://bucket/out/y"})
+            assert r.status_code == 202, r.text
+            st = _wait(c, r.json()["id"])
+    finally:
+        server.stop()
+    assert st["status"] == "failed" and st["error"], st
+    assert "127.0.0.1" not in st["error"] and ":9" not in st["error"] and "bucket?" not in st["error"], st["error"]
+    assert "connect" in st["error"].lower()
+
+
+def test_public_message_masks_paths_hosts_and_endpoints():
     from jobs.service.errors import public_message
 
     msg = public_message("Could not connect to the endpoint URL: \"http://10.1.2.3:9000/bucket/key?x=1\" "
