@@ -86,7 +86,12 @@ def plan_actors(settings: JobSettings) -> tuple[int, float, float, int]:
     else:
         actors = max(1, int(cpus))
     threads = settings.threads or max(1, int(cpus // actors))
-    return actors, float(settings.num_cpus), num_gpus, threads
+    num_cpus = float(settings.num_cpus)
+    if not num_gpus:
+        # Ray Data runs the repartition and listing stages as 1-CPU tasks: CPU actors that reserve every CPU
+        # leave them none and the job deadlocks (job.actors=4 on 2 cores, or one actor on a 1-CPU node).
+        num_cpus = min(num_cpus, max(cpus - 1.0, 0.0) / actors)
+    return actors, num_cpus, num_gpus, threads
 
 
 def run_job(cfg: dict) -> dict:
