@@ -6,10 +6,15 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.anon-installed
 MODEL_DIR := $(or $(ANON_MODEL_DIR),.cache/models)
 MODELS_STAMP := $(MODEL_DIR)/manifest.json
-export HF_HUB_OFFLINE=1 MLFLOW_DISABLE_TELEMETRY=true RAY_USAGE_STATS_ENABLED=0 AWS_EC2_METADATA_DISABLED=true
+# One variable per export line: `export A=1 B=0` would set A to the string "1 B=0" and leave B unset.
+export HF_HUB_OFFLINE=1
+export MLFLOW_DISABLE_TELEMETRY=true
+export RAY_USAGE_STATS_ENABLED=0
+export AWS_EC2_METADATA_DISABLED=true
 # Telemetry off (the full list, and why, is in anon_core/offline.py; `import anon_core` sets the rest itself).
 export ORT_DISABLE_TELEMETRY=1
-export YOLO_OFFLINE=1 YOLO_AUTOINSTALL=0
+export YOLO_OFFLINE=1
+export YOLO_AUTOINSTALL=0
 
 .PHONY: setup run test bench lint clean models
 
