@@ -139,6 +139,8 @@ def process_asset(anonymizer: Anonymizer, in_fs, path: str, rel: str, out_fs, ou
     if rec.status == "failed" and recorder is not None and "vault" in rec.extra:
         anonymizer.vault.discard(out_fs, out_root, rel)
         rec.extra.pop("vault")
+    if recorder is not None:
+        recorder.close()  # drops the spooled original pixels
     rec.finished_at = now()
     return rec
 

@@ -248,3 +248,50 @@ def test_recorder_reverses_overlapping_masks():
     for r in reversed(list(iter_records(rec.payload()))):
         r.paste(restored)
     assert np.array_equal(restored, img)
+
+
+def test_long_recordings_spool_to_disk_and_seal_in_bounded_memory(tmp_path, monkeypatch):
+    """A long video's recorded pixels leave memory: recording, sealing and restoring-by-frame stay far below the
+    payload's size (tracemalloc peak), and the round trip over many chunks gives every record back."""
+    import io
+    import tracemalloc
+
+    from anon_core.vault import container
+    from anon_core.vault.container import open_to, seal_to
+    from anon_core.vault.errors import VaultError
+    from anon_core.vault.keys import Keyring
+    from anon_core.vault.recorder import MaskRecorder, RecordIndex
+
+    monkeypatch.setattr(container, "CHUNK", 1 << 20)
+    kek = bytes.fromhex(KEY)
+    ring = Keyring(str(tmp_path / "ring"))
+    kid, dek_id, dek = ring.new_data_key(kek, "asset")
+    rng = np.random.default_rng(1)
+    frame = rng.integers(0, 255, (360, 640, 3), dtype=np.uint8)  # incompressible: 690 KB per whole frame
+    rec = MaskRecorder(spool_bytes=1 << 20)
+    tracemalloc.start()
+    try:
+        for i in range(48):  # ~33 MB of records, frames recorded out of order at the end
+            rec.record_whole(i if i < 40 else 87 - i, frame)
+            rec.record(i if i < 40 else 87 - i, frame, 10, 20, np.ones((30, 40), bool))
+        sealed = tmp_path / "v.vault"
+        with open(sealed, "wb") as fh:
+            seal_to(fh, rec.stream(), rec.size, dek, {"key_id": kid, "data_key_id": dek_id, "output_sha256": "x"})
+        out = tmp_path / "payload"
+        with open(sealed, "rb") as fh, open(out, "w+b") as pf:
+            open_to(fh, pf, kek, ring, "x")
+            index = RecordIndex(pf)
+            got = index.records(47)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert rec.spilled and rec.size > 30 << 20
+    assert sealed.stat().st_size > rec.size and index.count == 96
+    assert peak < 12 << 20, f"peak {peak / 2**20:.1f} MiB for a {rec.size / 2**20:.0f} MiB payload"
+    # frame 47 was recorded 9th from the end (i = 40): whole frame first, then the small region
+    assert [r.mask.shape for r in got] == [(360, 640), (30, 40)]
+    assert np.array_equal(got[0].pixels.reshape(360, 640, 3), frame)
+    rec.close()
+    with pytest.raises(VaultError, match="tampered"):  # a chunk cut out of the middle is refused
+        blob = sealed.read_bytes()
+        open_to(io.BytesIO(blob[:len(blob) // 2] + blob[len(blob) // 2 + 100:]), io.BytesIO(), kek, ring, "x")

@@ -4,8 +4,10 @@ Images: the original pixels go back into the decoded output, exactly, and the re
 losslessly: PNG and TIFF keep their name; lossy formats (JPEG, WebP) become `<name>.png` next to where
 they would be (re-encoding a JPEG would change the restored pixels again). Outside the masks the restored
 image is the output as published (re-encoded once, metadata removed). Video: frames are decoded,
-restored inside the masks and re-encoded near-losslessly (CRF 10), so the masks come back within codec loss;
-audio and other kept streams are copied from the output as they are.
+restored inside the masks and re-encoded losslessly (x264 CRF 0 / lossless VP9), so the masks come back
+within the published codec's loss; audio and other kept streams are copied from the output as they are.
+The vault is decrypted chunk by chunk into a private spool file and its records are read by frame through
+an offset index, so memory does not grow with the length of the video.
 
 Nothing is written unless every asset restores: results are staged in a private folder beside the
 destination and moved into place at the end.
@@ -19,7 +21,6 @@ import os
 import posixpath
 import shutil
 import tempfile
-from collections import defaultdict
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,10 +29,10 @@ from anon_core.config import Limits
 from anon_core.media.errors import AssetError
 from anon_core.media.probe import sniff
 from anon_core.storage import filesystem, is_local, list_inputs
-from anon_core.vault.container import open_vault
+from anon_core.vault.container import open_to
 from anon_core.vault.errors import VaultError
 from anon_core.vault.keys import Keyring
-from anon_core.vault.recorder import RegionRecord, iter_records
+from anon_core.vault.recorder import SPOOL_BYTES, RecordIndex, RegionRecord, iter_records
 
 LOSSLESS = ("png", "tiff")
 
@@ -83,18 +84,20 @@ def restore_tree(output_uri: str, dest: str, kek: bytes, keyring: Keyring, vault
             vpath = vault or _vault_for(fs, root, rel, single, folder)
             vfs, vroot = (fs, vpath) if not vault else filesystem(vault)
             try:
-                blob = vfs.cat_file(vroot)
+                vfh = vfs.open(vroot, "rb")
             except FileNotFoundError:
                 raise VaultError(f"missing vault object for {rel}: {vpath}") from None
             try:
                 if media.kind == "image":
-                    done.append(_restore_image(fs, path, rel, media, blob, kek, keyring, stage, limits, taken))
+                    done.append(_restore_image(fs, path, rel, media, vfh, kek, keyring, stage, limits, taken))
                 else:
-                    done.append(_restore_video(fs, path, rel, media, blob, kek, keyring, stage, limits))
+                    done.append(_restore_video(fs, path, rel, media, vfh, kek, keyring, stage, limits))
             except VaultError as exc:
                 raise VaultError(f"{rel}: {exc}") from None
             except AssetError as exc:
                 raise VaultError(f"{rel}: cannot decode the output: {exc}") from None
+            finally:
+                vfh.close()
         for r in done:  # every asset restored: publish
             final = os.path.join(dest, r.restored_path)
             os.makedirs(os.path.dirname(final), exist_ok=True)
@@ -104,23 +107,35 @@ def restore_tree(output_uri: str, dest: str, kek: bytes, keyring: Keyring, vault
         shutil.rmtree(stage, ignore_errors=True)
 
 
-def _records(payload: bytes) -> list[RegionRecord]:
+def _decrypt(vfh, kek: bytes, keyring: Keyring, output_sha256: str) -> tempfile.SpooledTemporaryFile:
+    """The vault's authenticated payload in a private spool file (memory holds one chunk at a time)."""
+    spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES, prefix="anon-restore-")
+    try:
+        open_to(vfh, spool, kek, keyring, output_sha256)
+    except BaseException:
+        spool.close()
+        raise
+    spool.seek(0)
+    return spool
+
+
+def _records(payload) -> list[RegionRecord]:
     try:
         return list(iter_records(payload))
     except (ValueError, Exception) as exc:  # authenticated but unparsable: written by something else
         raise VaultError(f"vault payload is malformed: {exc}") from exc
 
 
-def _restore_image(fs, path, rel, media, blob, kek, keyring, stage, limits, taken) -> Restored:
+def _restore_image(fs, path, rel, media, vfh, kek, keyring, stage, limits, taken) -> Restored:
     from PIL import Image
 
     from anon_core.media import image_io
 
     data = fs.cat_file(path)
-    _, payload = open_vault(blob, kek, keyring, hashlib.sha256(data).hexdigest())
+    with _decrypt(vfh, kek, keyring, hashlib.sha256(data).hexdigest()) as payload:
+        recs = _records(payload)
     dec = image_io.decode(data, media.format, limits.max_pixels, limits.max_side)
     rgb = np.array(dec.rgb, copy=True)
-    recs = _records(payload)
     for r in reversed(recs):  # reverse order undoes overlapping masks (see recorder.py)
         if r.frame != 0 or r.frame_shape != rgb.shape[:2]:
             raise VaultError("vault records do not fit this image (size differs)")
@@ -141,20 +156,25 @@ def _restore_image(fs, path, rel, media, blob, kek, keyring, stage, limits, take
     return Restored(rel, name, len(recs), "image")
 
 
-def _restore_video(fs, path, rel, media, blob, kek, keyring, stage, limits) -> Restored:
-    from anon_core.video.decode import VideoReader
-    from anon_core.video.encode import VideoWriter
-    from anon_core.video.settings import EncoderSettings, VideoSettings
-
+def _restore_video(fs, path, rel, media, vfh, kek, keyring, stage, limits) -> Restored:
     h = hashlib.sha256()
     with fs.open(path, "rb") as fh:
         while block := fh.read(8 << 20):
             h.update(block)
-    _, payload = open_vault(blob, kek, keyring, h.hexdigest())
-    by_frame: dict[int, list[RegionRecord]] = defaultdict(list)
-    recs = _records(payload)
-    for r in recs:
-        by_frame[r.frame].append(r)
+    payload = _decrypt(vfh, kek, keyring, h.hexdigest())
+    try:
+        return _restore_video_frames(fs, path, rel, media, RecordIndex(payload), stage, limits)
+    except ValueError as exc:  # authenticated but unparsable: written by something else
+        raise VaultError(f"vault payload is malformed: {exc}") from exc
+    finally:
+        payload.close()
+
+
+def _restore_video_frames(fs, path, rel, media, index: RecordIndex, stage, limits) -> Restored:
+    from anon_core.video.decode import VideoReader
+    from anon_core.video.encode import VideoWriter
+    from anon_core.video.settings import EncoderSettings, VideoSettings
+
     # near-lossless re-encode: the restored regions must survive the codec (PSNR >= 40 dB inside masks)
     enc = EncoderSettings(crf=0) if media.format != "webm" else EncoderSettings(
         codec="libvpx-vp9", preset="", crf=0, options={"lossless": "1", "deadline": "good", "cpu-used": "4"})
@@ -173,7 +193,7 @@ def _restore_video(fs, path, rel, media, blob, kek, keyring, stage, limits) -> R
                 writer.write_packets(batch.packets)
             for f in batch.frames:
                 rgb = np.array(f.rgb, copy=True)
-                for r in reversed(by_frame.pop(f.index, [])):
+                for r in reversed(index.records(f.index)):
                     if r.frame_shape != rgb.shape[:2]:
                         raise VaultError("vault records do not fit this video (frame size differs)")
                     r.paste(rgb)
@@ -186,9 +206,9 @@ def _restore_video(fs, path, rel, media, blob, kek, keyring, stage, limits) -> R
         reader.close()
         if not isinstance(src, str):
             src.close()
-    if by_frame:
-        raise VaultError(f"vault has regions for {len(by_frame)} frames the output does not have")
-    return Restored(rel, rel, len(recs), "video")
+    if missing := index.unused_frames():
+        raise VaultError(f"vault has regions for {missing} frames the output does not have")
+    return Restored(rel, rel, index.count, "video")
 
 
 def _write(stage: str, name: str, data: bytes) -> None:

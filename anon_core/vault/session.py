@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import logging
 import posixpath
+import tempfile
 from hashlib import sha256
 
-from anon_core.vault.container import seal
+from anon_core.vault.container import seal_to
 from anon_core.vault.errors import VaultError
 from anon_core.vault.keys import Keyring, key_id, load_key
 from anon_core.vault.recorder import MaskRecorder
@@ -32,7 +33,7 @@ class VaultSession:
     def publish(self, recorder: MaskRecorder, rec, out_fs, out_root: str, rel: str, display) -> None:
         """Seal and write the vault of an asset whose output hash is known; must run before the output is
         published (an output without its vault would be unrestorable). Fills rec.extra["vault"]."""
-        from anon_core.storage import write_atomic
+        from anon_core.storage import put_atomic
 
         if not rec.output_sha256:
             raise VaultError("no output hash to bind the vault to")
@@ -41,11 +42,15 @@ class VaultSession:
                   "relative_path": rel, "output_sha256": rec.output_sha256, "media_type": rec.media_type,
                   "media_format": rec.format, "frames_with_regions": len(recorder.frames),
                   "regions": recorder.regions}
-        blob = seal(recorder.payload(), dek, header)
         target = vault_path(out_root, rel, self.settings.dir)
-        write_atomic(out_fs, target, blob)
+        # sealed into a private temp file chunk by chunk: a long video's vault never sits in memory whole
+        with tempfile.NamedTemporaryFile(prefix="anon-vault-", suffix=".vault") as tmp:
+            seal_to(tmp, recorder.stream(), recorder.size, dek, header)
+            tmp.flush()
+            digest, size = _sha256_file(tmp)
+            put_atomic(out_fs, tmp.name, target)
         rec.extra["vault"] = {"key_id": kid, "data_key_id": dek_id, "uri": display(target),
-                              "sha256": sha256(blob).hexdigest(), "size": len(blob), "regions": recorder.regions,
+                              "sha256": digest, "size": size, "regions": recorder.regions,
                               "frames_with_regions": len(recorder.frames), "keyring": str(self.keyring.root)}
 
     def discard(self, out_fs, out_root: str, rel: str) -> None:
@@ -54,3 +59,12 @@ class VaultSession:
             out_fs.rm_file(vault_path(out_root, rel, self.settings.dir))
         except Exception:  # noqa: BLE001 - nothing was there or the store is down; the vault stays sealed
             log.debug("no vault to discard for %s", rel)
+
+
+def _sha256_file(fh) -> tuple[str, int]:
+    fh.seek(0)
+    h, n = sha256(), 0
+    while block := fh.read(1 << 20):
+        h.update(block)
+        n += len(block)
+    return h.hexdigest(), n
