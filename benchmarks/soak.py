@@ -21,7 +21,6 @@ import random
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -35,6 +34,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from jobs.service.child import start_serve  # noqa: E402 (after the path insert)
 
 PROFILES = {
     # concurrency levels x seconds per level; request mix weights. Long: the last level repeats an earlier
@@ -142,34 +143,9 @@ class Tally:
                 self.failures.append(msg)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_server(keys: list[str], tmp: Path, workers: int, log_path: Path) -> tuple[subprocess.Popen, str]:
-    import httpx
-
-    port = _free_port()
-    env = {**os.environ, "ANON_API_KEYS": ",".join(keys), "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-m", "jobs.cli", "serve", "--host", "127.0.0.1", "--port", str(port), "--workers",
-           str(workers), "--tmp-dir", str(tmp), "--set", "policy=faces"]
-    logf = open(log_path, "ab")  # noqa: SIM115 (the child writes to it until it exits)
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=logf, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}: {log_path.read_text()[-1500:]}")
-        try:
-            if httpx.get(url + "/healthz", timeout=2).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.25)
-    proc.kill()
-    raise RuntimeError("server did not start within 240 s")
+    return start_serve(["--workers", str(workers), "--tmp-dir", str(tmp), "--set", "policy=faces"],
+                       {"ANON_API_KEYS": ",".join(keys)}, log_path)
 
 
 def rss(pid: int) -> int:

@@ -202,10 +202,15 @@ def main(argv: list[str] | None = None) -> int:
               f"  rel. WER {res.get('relative_wer', float('nan')):.3f}  ({t_anon:.0f} s to anonymize "
               f"{res['audio_s']:.0f} s of audio)", flush=True)
     summary["methods"] = results
+    return write_summary(summary, t0, args.out)
+
+
+def write_summary(summary: dict, t0: float, out: Path | None) -> int:
+    """Stamp the run's wall time, print the one-line JSON summary and keep it in `out`."""
     summary["seconds"] = round(time.perf_counter() - t0, 1)
     line = json.dumps(summary, sort_keys=True)
-    if args.out:
-        args.out.write_text(line + "\n")
+    if out:
+        out.write_text(line + "\n")
     print(line)
     return 0
 

@@ -51,7 +51,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from voice_eer import eer  # noqa: E402
+from voice_eer import eer, write_summary  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "speech"
 SR = 16000
@@ -361,12 +361,7 @@ def main(argv: list[str] | None = None) -> int:
         if cands:
             summary["cv"] = select_cv(cands, args.wer_cap)
             print("CV:", json.dumps(summary["cv"]), flush=True)
-    summary["seconds"] = round(time.perf_counter() - t0, 1)
-    line = json.dumps(summary, sort_keys=True)
-    if args.out:
-        args.out.write_text(line + "\n")
-    print(line)
-    return 0
+    return write_summary(summary, t0, args.out)
 
 
 if __name__ == "__main__":

