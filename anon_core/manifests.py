@@ -31,12 +31,13 @@ def part_paths(fs: Any, root: str) -> list[str]:
     if fs.isfile(root):
         return [root]
     base = root.rstrip("/")
-    out = []
-    for path in sorted(fs.find(base)):
-        segments = path[len(base):].replace(os.sep, "/").strip("/").split("/")
-        if path.endswith(".parquet") and not any(s.startswith(("_", ".")) for s in segments):
-            out.append(path)
-    return out
+    return [path for path in sorted(fs.find(base)) if is_part(path, base)]
+
+
+def is_part(path: str, base: str) -> bool:
+    """A `.parquet` file below `base` none of whose path segments (below base) starts with `_` or `.`."""
+    segments = path[len(base.rstrip("/")):].replace(os.sep, "/").strip("/").split("/")
+    return path.endswith(".parquet") and not any(s.startswith(("_", ".")) for s in segments)
 
 
 def _schema(physical: pa.Schema, columns: list[str] | None, types: pa.Schema | None = None) -> pa.Schema:
@@ -52,13 +53,14 @@ def _schema(physical: pa.Schema, columns: list[str] | None, types: pa.Schema | N
     return pa.schema(fields)
 
 
-def iter_parts(fs: Any, root: str, columns: list[str] | None = None,
-               types: pa.Schema | None = None) -> Iterator[tuple[str, pa.Table]]:
-    """(path, table) per readable part under root, in path order; damaged parts are skipped with a warning."""
+def iter_parts(fs: Any, root: str, columns: list[str] | None = None, types: pa.Schema | None = None,
+               paths: list[str] | None = None) -> Iterator[tuple[str, pa.Table]]:
+    """(path, table) per readable part under root, in path order; damaged parts are skipped with a warning.
+    `paths`: parts under root listed already (a distributed reader hands each task its own)."""
     import pyarrow.compute as pc
     import pyarrow.dataset as ds
 
-    paths = part_paths(fs, root)
+    paths = part_paths(fs, root) if paths is None else sorted(paths)
     if not paths:
         return
     base = root.rstrip("/") if len(paths) > 1 or paths[0] != root else posixpath.dirname(root)
@@ -94,4 +96,4 @@ def read_table(fs: Any, root: str, schema: pa.Schema) -> pa.Table:
     return pa.concat_tables(tables) if tables else schema.empty_table()
 
 
-__all__ = ["iter_parts", "iter_rows", "part_paths", "read_table"]
+__all__ = ["is_part", "iter_parts", "iter_rows", "part_paths", "read_table"]

@@ -21,6 +21,8 @@ import posixpath
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from anon_core.audit import SCHEMA
+from anon_core.manifests import is_part, iter_parts
 from anon_core.storage import filesystem
 
 # The manifest columns resume needs; every manifest written with anon_core.audit.SCHEMA has them.
@@ -36,37 +38,23 @@ CATEGORIES = ("new", "changed", "config_changed", "done")
 SENTINEL = "\x00"
 
 
-def _is_part(path: str, root: str) -> bool:
-    tail = path[len(root):]
-    return path.endswith(".parquet") and "/_" not in tail and "/." not in tail
-
-
 def list_parts(batch: pa.Table, uri: str, storage_options: dict) -> pa.Table:
     """Ray Data task: the manifest part files under each prefix of the batch."""
     fs, root = filesystem(uri, **storage_options)
     out = []
     for prefix in batch.column("prefix").to_pylist():
-        out += sorted(p for p in fs.find(prefix) if _is_part(p, root))
+        out += sorted(p for p in fs.find(prefix) if is_part(p, root))
     return pa.table({"file": pa.array(out, pa.string())})
 
 
 def read_parts(batch: pa.Table, uri: str, storage_options: dict) -> pa.Table:
     """Ray Data task: ok rows of each part as (relative_path, packed). A damaged part is logged and skipped:
     it costs only a re-run of its assets."""
-    import logging
-
-    import pyarrow.parquet as pq
-
-    fs, _ = filesystem(uri, **storage_options)
+    fs, root = filesystem(uri, **storage_options)
     out = [LATEST.empty_table()]
-    for file in batch.column("file").to_pylist():
-        try:
-            with fs.open(file, "rb") as fh:
-                t = pq.read_table(fh, columns=NEEDED)
-        except Exception as exc:
-            logging.getLogger("anon.job").warning("manifest part %s unreadable (%s): its assets will be processed "
-                                                  "again", file, exc)
-            continue
+    # the one manifest reader: older parts without a column read it as nulls, damaged parts are skipped with a
+    # warning (their assets are processed again), the run_id folder fills an empty run_id
+    for _, t in iter_parts(fs, root, NEEDED, SCHEMA, paths=batch.column("file").to_pylist()):
         keep = pc.and_(pc.equal(t["status"], "ok"), pc.is_valid(t["input_sha256"]))
         t = t.filter(keep)
         if not t.num_rows:
@@ -99,7 +87,7 @@ def manifest_source(uri: str, storage_options: dict):
     if not fs.exists(root):
         return None
     top = fs.ls(root, detail=True)
-    files = [e["name"] for e in top if e.get("type") != "directory" and _is_part(e["name"], root)]
+    files = [e["name"] for e in top if e.get("type") != "directory" and is_part(e["name"], root)]
     dirs = sorted(e["name"] for e in top if e.get("type") == "directory"
                   and not posixpath.basename(e["name"].rstrip("/")).startswith(("_", ".")))
     if not files and not dirs:
