@@ -22,6 +22,7 @@ from anon_core.deadline import Deadline
 from anon_core.detections import Detections
 from anon_core.detectors import create_detector
 from anon_core.detectors.base import Detector, SharedWork
+from anon_core.image_batch import PreparedImage, prepare_images
 from anon_core.masking import Masker
 from anon_core.masking.context import DetectionFilter, MaskContext, MaskHook, mask_whole_frame
 from anon_core.media import image_io
@@ -198,18 +199,31 @@ class Anonymizer:
         return out, n
 
     # -- still images
+    def prepare_images(self, datas: Sequence[bytes | None]) -> list[PreparedImage | None]:
+        """Decode and detect a batch of assets' images in shared detector calls (see anon_core/image_batch.py)."""
+        return prepare_images(self, datas)
+
     def anonymize_image(self, data: bytes, media: MediaType, rec: AuditRecord, deadline: Deadline | None = None,
-                        ctx: MaskContext | None = None) -> bytes:
+                        ctx: MaskContext | None = None, prepared: PreparedImage | None = None) -> bytes:
+        """`prepared`: this image decoded and analysed in a cross-asset batch (anon_core/image_batch.py)."""
         t = rec.timings_ms
         deadline = deadline or Deadline(0)
         ctx = ctx or self.mask_context()
-        with timed(t, "decode"):
-            dec = image_io.decode(data, media.format, self.config.limits.max_pixels, self.config.limits.max_side)
+        if prepared is not None:
+            dec, dets, failed = prepared.decoded, prepared.detections, prepared.failed
+            for stage, ms in prepared.timings_ms.items():
+                t[stage] = t.get(stage, 0.0) + ms
+            rec.extra["detect_batch"] = prepared.batch_size
+        else:
+            with timed(t, "decode"):
+                dec = image_io.decode(data, media.format, self.config.limits.max_pixels,
+                                      self.config.limits.max_side)
         rec.height, rec.width = dec.rgb.shape[:2]
         rec.frames = 1
         deadline.check("decode")
-        with timed(t, "detect"):
-            (dets,), (failed,) = self.detect_or_mask([dec.rgb])
+        if prepared is None:
+            with timed(t, "detect"):
+                (dets,), (failed,) = self.detect_or_mask([dec.rgb])
         deadline.check("detect")
         with timed(t, "mask"):
             if failed:
@@ -276,10 +290,13 @@ class Anonymizer:
         return out_path
 
     def process_bytes(self, data: bytes, rec: AuditRecord, ctx: MaskContext | None = None,
-                      deadline: Deadline | None = None) -> bytes | None:
-        """Anonymize one in-memory asset; on failure the record says why and nothing is returned."""
+                      deadline: Deadline | None = None, prepared: PreparedImage | None = None) -> bytes | None:
+        """Anonymize one in-memory asset; on failure the record says why and nothing is returned.
+        `prepared` (from `prepare_images`) is used only if it was computed from these very bytes."""
         self.stamp(rec)
         rec.input_sha256 = sha256_bytes(data)
+        if prepared is not None and prepared.sha256 != rec.input_sha256:
+            prepared = None
         rec.input_size = len(data)
         t0 = time.perf_counter()
         deadline = deadline or Deadline(self.config.limits.asset_timeout_s)
@@ -291,7 +308,7 @@ class Anonymizer:
             if not data:
                 raise UnsupportedMedia("empty file (0 bytes)")
             if media.kind == "image":
-                out = self.anonymize_image(data, media, rec, deadline, ctx)
+                out = self.anonymize_image(data, media, rec, deadline, ctx, prepared)
             else:
                 raise UnsupportedMedia(f"unsupported or unrecognised media ({media.kind}/{media.format})")
         except AssetError as exc:

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 
 from anon_core.audit import AuditRecord, now, write_manifest
 from anon_core.config import AnonConfig
+from anon_core.image_batch import PreparedImage
 from anon_core.media.probe import sniff
 from anon_core.pipeline import Anonymizer
 from anon_core.storage import display_uri, filesystem, join, list_inputs, put_atomic, write_atomic
@@ -88,11 +89,13 @@ def run(input_uri: str, output_uri: str, config: AnonConfig | None = None, run_i
 
 
 def process_asset(anonymizer: Anonymizer, in_fs, path: str, rel: str, out_fs, out_root: str, *, run_id: str,
-                  input_uri: str, output_uri: str, data: bytes | None = None) -> AuditRecord:
+                  input_uri: str, output_uri: str, data: bytes | None = None,
+                  prepared: PreparedImage | None = None) -> AuditRecord:
     """Anonymize one asset and publish its output atomically; the record says what happened.
 
     Shared by the CLI loop and the Ray job's actors. `data` lets a caller pass image bytes it already
-    fetched (the Ray actor fetches a batch's small objects concurrently). Videos and audio are always
+    fetched (the Ray actor fetches a batch's small objects concurrently), `prepared` that image decoded and
+    analysed in a cross-asset detector batch (`Anonymizer.prepare_images`). Videos and audio are always
     streamed from `in_fs`, never read whole. The output is durable when this returns an ok record.
     """
     config = anonymizer.config
@@ -123,7 +126,8 @@ def process_asset(anonymizer: Anonymizer, in_fs, path: str, rel: str, out_fs, ou
                         put_atomic(out_fs, local, target)
                         rec.output_uri = display_uri(output_uri, target)
             else:
-                out = anonymizer.process_bytes(data if data is not None else in_fs.cat_file(path), rec, ctx)
+                out = anonymizer.process_bytes(data if data is not None else in_fs.cat_file(path), rec, ctx,
+                                               prepared=prepared)
                 if out is not None:
                     _publish_vault(anonymizer, recorder, rec, out_fs, out_root, rel, output_uri)
                     write_atomic(out_fs, target, out)

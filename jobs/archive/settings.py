@@ -42,6 +42,8 @@ class JobSettings:
     segment_s: float = 0.0
     # seconds each segment also analyses before/after its range, so tracks bridge the cut
     segment_margin_s: float = 1.0
+    # images of one batch are decoded together and go through the detectors in shared calls
+    image_batch: bool = True
 
     @classmethod
     def from_cfg(cls, d: dict) -> JobSettings:
