@@ -129,7 +129,8 @@ def process_segment(actor, item: dict) -> dict:
     except (OSError, ValueError):
         pass
     t0 = time.perf_counter()
-    write_atomic(fs, join(stage, f"seg-{i:05d}.start-{uuid.uuid4().hex[:12]}"), platform.node().encode())
+    marker = {"host": platform.node(), "pid": os.getpid(), "run_id": actor.run_id}  # who took it (operators, tests)
+    write_atomic(fs, join(stage, f"seg-{i:05d}.start-{uuid.uuid4().hex[:12]}"), json.dumps(marker).encode())
     plan = SegmentPlan.from_dict(json.loads(fs.cat_file(join(stage, "plan.json"))))
     seg = plan.segments[i]
     ext = posixpath.splitext(item["rel"])[1].lower()
