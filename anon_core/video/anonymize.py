@@ -112,7 +112,10 @@ def _add_ms(timings: dict[str, float], key: str, t0: float) -> None:
 def _analysed(session: FrameSession, batches: Iterable[Batch], time_base: float) -> Iterator[list]:
     """Decoded batches through the frame engine: packets to copy and masked frames, in output order."""
     def frames(masked: list) -> list[Frame]:
-        return [Frame(m.meta.index, m.rgb, m.meta.pts, m.meta.duration) for m in masked]
+        # unchanged: the engine handed the source frame back untouched (nothing masked, not failed, no
+        # residual re-mask) -- what GOP copy needs to hold for every frame of a copied GOP
+        return [Frame(m.meta.index, m.rgb, m.meta.pts, m.meta.duration, m.meta.gop,
+                      unchanged=m.rgb is m.source and not m.failed and len(m.final) == 0) for m in masked]
 
     for batch in batches:
         out: list = [batch.packets] if batch.packets else []
@@ -155,6 +158,16 @@ def anonymize_video(anonymizer, source, out_path: str, media, rec, deadline: Dea
     deadline = deadline or Deadline(0)
     reader = VideoReader(source, settings, anonymizer.config.limits)
     reader.deadline = deadline
+    gop_refused = None
+    if settings.gop_copy:
+        from anon_core.video.gop import eligible
+
+        enc = settings.encoder_for(family)
+        w, h = reader.stored_size
+        pad = (w % 2, h % 2) if enc.pix_fmt.startswith(("yuv420", "yuv422", "nv12")) else (0, 0)
+        gop_refused = eligible(reader, family, enc, pad)
+        if gop_refused is None:
+            reader.gops = {}  # before prime(): the first GOP's packets are demuxed there
     writer: VideoWriter | None = None
     pipe = _Pipeline(deadline)
     ok = False
@@ -189,7 +202,7 @@ def anonymize_video(anonymizer, source, out_path: str, media, rec, deadline: Dea
             t = time.perf_counter()
             for item in items:
                 if isinstance(item, Frame):
-                    writer.write_frame(item.rgb, item.pts, item.duration)
+                    writer.write_frame(item.rgb, item.pts, item.duration, item.gop, item.unchanged)
                 else:
                     writer.write_packets(item)
             _add_ms(timings, "encode", t)
@@ -247,8 +260,10 @@ def anonymize_video(anonymizer, source, out_path: str, media, rec, deadline: Dea
             "display_matrix": list(reader.display_matrix) if reader.display_matrix else None,
             "pts_repaired": reader.pts_repaired,
             "packets_copied": writer.packets_copied,
+            "gop_copy": "on" if reader.gops is not None else (gop_refused or "off"),
             "frames_detected": session.frames_detected,
             "detect_every_k": settings.detect_every_k,
+            "adaptive": session.adaptive_report() if session.adaptive else None,
             "batch_size": settings.batch_size,
             "pipelining": settings.pipelining,
             "max_frames_held": session.max_pending,

@@ -18,6 +18,7 @@ import numpy as np
 from anon_core.config import Limits
 from anon_core.deadline import Deadline
 from anon_core.media.errors import CorruptMedia, TooLarge, UnsupportedMedia
+from anon_core.video.gop import Gop
 from anon_core.video.settings import VideoSettings
 from anon_core.video.streams import StreamPlan, plan_streams
 
@@ -30,6 +31,8 @@ class Frame:
     rgb: np.ndarray  # HxWx3 uint8 in display orientation
     pts: int  # in VideoReader.time_base
     duration: int  # in VideoReader.time_base
+    gop: int | None = None  # the input GOP whose packets hold this frame (GOP copy; None: not tracked)
+    unchanged: bool = False  # set by the engine's output: nothing was masked or changed in this frame
 
 
 @dataclass
@@ -92,6 +95,13 @@ class VideoReader:
         self.end_pts: int | None = None  # last pts + its duration
         self._last_pts: int | None = None
         self._pending_first: Batch | None = None
+        # GOP copy (gop.py): the video packets of each GOP kept until the writer has decided it; None: off
+        self.gops: dict[int, Gop] | None = None
+        self.gop_max_bytes = 64 << 20
+        self._gop: Gop | None = None
+        self._gop_bytes = 0
+        self._gop_counter = -1
+        self._gop_of_pts: dict[int, int] = {}
         self._iter = self._frames()
 
     # -- public
@@ -138,6 +148,8 @@ class VideoReader:
         try:
             for packet in self.container.demux(streams):
                 self.deadline.check("video decode")
+                if self.gops is not None and packet.stream.index not in passthrough:
+                    self._track_gop(packet)
                 if packet.stream.index in passthrough:
                     if packet.size and packet.dts is not None:  # skip the demuxer's end-of-stream flush packets
                         self.packets_passed += 1
@@ -147,6 +159,32 @@ class VideoReader:
                     yield self._convert(frame)
         except av.error.FFmpegError as exc:
             raise CorruptMedia(f"video cannot be decoded after frame {self.frames_decoded}: {_short(exc)}") from exc
+
+    def _track_gop(self, packet: av.Packet) -> None:
+        """Group the video packets into GOPs (a keyframe and the packets up to the next one)."""
+        assert self.gops is not None
+        if not packet.size:  # the demuxer's end-of-stream flush packet
+            if self._gop is not None:
+                self._gop.closed = True
+            return
+        if packet.is_keyframe or self._gop is None:
+            if self._gop is not None:
+                self._gop.closed = True
+            self._gop_counter += 1
+            self._gop = Gop(self._gop_counter)
+            self._gop.oversized = not packet.is_keyframe  # a stream that does not start at a keyframe
+            self.gops[self._gop.index] = self._gop
+            self._gop_bytes = 0
+        g = self._gop
+        if g.oversized:
+            return
+        if packet.pts is None or self._gop_bytes + packet.size > self.gop_max_bytes:
+            g.oversized = True  # not copied; the packets kept so far stay for re-decoding its first frames
+            return
+        self._gop_bytes += packet.size
+        g.packets.append(packet)
+        g.pts.append(int(packet.pts))
+        self._gop_of_pts[int(packet.pts)] = g.index
 
     def _convert(self, frame: av.VideoFrame) -> Frame:
         if frame.is_corrupt:
@@ -161,6 +199,7 @@ class VideoReader:
             raise UnsupportedMedia(
                 f"frame size changes mid-stream ({self.stored_size} -> {frame.width}x{frame.height})"
             )
+        gop = self._gop_of_pts.pop(frame.pts, None) if frame.pts is not None else None
         pts = frame.pts
         if pts is None:
             pts = 0 if self._last_pts is None else self._last_pts + self.default_duration
@@ -168,11 +207,12 @@ class VideoReader:
         elif self._last_pts is not None and pts <= self._last_pts:
             pts = self._last_pts + 1  # encoders need strictly increasing pts
             self.pts_repaired += 1
+            gop = None  # not the input's timing: never copied
         dur = frame.duration if frame.duration and frame.duration > 0 else self.default_duration
         rgb = frame.to_ndarray(format="rgb24")
         if self.rotation:
             rgb = np.ascontiguousarray(np.rot90(rgb, self.rotation // 90))
-        out = Frame(self.frames_decoded, rgb, int(pts), int(dur))
+        out = Frame(self.frames_decoded, rgb, int(pts), int(dur), gop)
         if self.first_pts is None:
             self.first_pts = out.pts
         self._last_pts = out.pts

@@ -18,6 +18,7 @@ import numpy as np
 
 from anon_core.video.audio_track import VideoAudio
 from anon_core.video.decode import VideoReader
+from anon_core.video.gop import GopWriter
 from anon_core.video.settings import EncoderSettings, VideoSettings
 from anon_core.video.streams import filter_tags
 
@@ -68,6 +69,20 @@ class VideoWriter:
 
     def _add_video(self, reader: VideoReader, settings: VideoSettings) -> None:
         enc = self.enc
+        self.gop: GopWriter | None = None
+        if reader.gops is not None:  # GOP copy (gop.py): the track takes the input's packets where nothing changed
+            src = reader.plan.video.codec_context
+            rng = int(getattr(src, "color_range", 0) or 0)
+            self._dst_range = rng if rng in (1, 2) else None
+            # one dts delay for the whole track, deep enough for the input's B-frame reordering (x264: 2 frames)
+            delay = 3 * reader.default_duration if src.has_b_frames else 0
+            self.gop = GopWriter(self.container, reader, enc, settings, self._dst_range, delay)
+            st = self.gop.stream
+            if reader.display_matrix:
+                st.set_display_matrix(list(reader.display_matrix))
+            _set_metadata(st, filter_tags(dict(reader.plan.video.metadata), settings.allowed_stream_tags)[0])
+            self.stream = st
+            return
         opts = dict(enc.options)
         if enc.codec in ("libx264", "libx265"):
             if enc.preset:
@@ -99,10 +114,16 @@ class VideoWriter:
         self.stream = st
 
     # -- writing
-    def write_frame(self, rgb_display: np.ndarray, pts: int, duration: int) -> None:
+    def write_frame(self, rgb_display: np.ndarray, pts: int, duration: int, gop: int | None = None,
+                    unchanged: bool = False) -> None:
         rgb = rgb_display
         if self.rotation:
             rgb = np.rot90(rgb, -(self.rotation // 90))
+        if self.gop is not None:
+            self.gop.frame(np.ascontiguousarray(rgb), pts, duration, gop, unchanged)
+            self._last_pts = pts
+            self.frames_written += 1
+            return
         if self.pad != (0, 0):
             rgb = np.pad(rgb, ((0, self.pad[1]), (0, self.pad[0]), (0, 0)), mode="edge")
         frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
@@ -135,7 +156,10 @@ class VideoWriter:
             self.container.mux_one(p)
 
     def finish(self) -> None:
-        self._mux(self.stream.encode(None))
+        if self.gop is not None:
+            self.gop.finish()
+        else:
+            self._mux(self.stream.encode(None))
         if self.audio is not None:
             self.audio.finish(self.container)  # after the video: its frames and timestamps are already final
         self.container.close()
@@ -148,8 +172,11 @@ class VideoWriter:
 
     def describe(self) -> dict:
         e = self.enc
-        return {"codec": e.codec, "preset": e.preset, "crf": e.crf, "threads": e.threads, "pix_fmt": e.pix_fmt,
-                "options": dict(e.options), "container": MUXERS[self.family], "padded": list(self.pad)}
+        out = {"codec": e.codec, "preset": e.preset, "crf": e.crf, "threads": e.threads, "pix_fmt": e.pix_fmt,
+               "options": dict(e.options), "container": MUXERS[self.family], "padded": list(self.pad)}
+        if self.gop is not None:
+            out["gop_copy"] = {**self.gop.stats, "bframes": 0, "sps_id": self.gop.sps_id}
+        return out
 
 
 def _set_metadata(obj, tags: dict[str, str]) -> None:

@@ -28,7 +28,9 @@ import numpy as np
 
 from anon_core.detections import Detections
 from anon_core.masking.context import MaskContext, mask_whole_frame
+from anon_core.media.errors import AnalysisFailed
 from anon_core.tracking import MaskScheduler
+from anon_core.video.adaptive import Roi, detect_regions, plan_rois, roi_cost, scene_change, thumbnail
 from anon_core.video.settings import VideoSettings
 
 
@@ -37,6 +39,9 @@ class Pipeline(Protocol):
 
     config: Any
     residual: Any
+    detectors: dict[str, Any]  # adaptive detection runs some of them on crops (anon_core/video/adaptive.py)
+    detection_filters: list[Any]
+    classes: list[str]
 
     def candidate_classes(self) -> set[str]: ...
 
@@ -135,11 +140,21 @@ class FrameSession:
         self.detect_floor = self.candidate_score if score_floor is None else min(float(score_floor),
                                                                                  self.candidate_score)
         self.kind, self.fps = kind, float(fps)
+        self.frame_size = (int(frame_size[0]), int(frame_size[1]))
+        # adaptive detection (anon_core/video/adaptive.py): the full detector every `key_every` frames at least
+        self.key_every = max(1, round(settings.keyframe_s * self.fps)) if settings.keyframe_s > 0 else 0
+        self.adaptive = self.key_every > self.k
+        self.roi_classes = set(settings.roi_classes)
+        self.roi_context, self.roi_max_area = float(settings.roi_context), float(settings.roi_max_area)
+        self.roi_face_px = float(settings.roi_face_px)
+        self.scene_cut = float(settings.scene_cut)
         w = windows or Windows.of(settings)
+        # with sparse detection the gap between two detector frames must still be interpolated, and with
+        # adaptive detection the gap between two keyframes (classes searched on keyframes only)
+        span = max(self.k, self.key_every if self.adaptive else 0)
         self.scheduler = MaskScheduler.from_seconds(
             self.fps, w.lookahead_s, w.lead_s, w.trail_s,
-            # with sparse detection the gap between two detector frames must still be interpolated
-            max(w.max_gap_s, (self.k + 1) / self.fps),
+            max(w.max_gap_s, (span + 1) / self.fps),
             frame_size=frame_size, mask_thresh=settings.mask_thresh,
             # the evidence a weak track needs spans the same stretch of video whatever k is (at least 2 hits)
             weak_min_hits=weak_hits(settings.weak_track_hits, self.k),
@@ -156,6 +171,16 @@ class FrameSession:
         self.max_pending = 0
         self.last_pushed = -1
         self.flushed = False
+        # adaptive state: the newest frame waits for the next push when there is look-ahead (the last frame of
+        # a sequence is then a keyframe), frames released before a failed push come out with the next call
+        self.holdback = self.adaptive and self.scheduler.lookahead > 0
+        self.next_index = 0
+        self.ready: list[MaskedFrame] = []
+        self.last_key: int | None = None
+        self.prev_thumb: np.ndarray | None = None
+        self.max_key_gap = 0
+        self.adaptive_stats = {"keyframes": 0, "roi_frames": 0, "scene_cuts": 0, "roi_keyframes": 0,
+                               "roi_pixels": 0, "roi_crops": 0}
 
     # -- the loop
     def push(self, frames: Sequence[np.ndarray], metas: Sequence[Any] | None = None,
@@ -170,6 +195,8 @@ class FrameSession:
         for j, rgb in enumerate(frames):
             self.pending[start + j] = _Held(rgb, metas[j], times[j])
         self.frames_in += len(frames)
+        if self.adaptive:
+            return self._push_adaptive(start)
         todo = [i for i in range(start, self.frames_in) if i % self.k == 0]
         try:
             dets, failed = self._detect(todo)
@@ -201,6 +228,17 @@ class FrameSession:
         # Frames after the last detector frame (detect_every_k > 1) have no later evidence to interpolate
         # towards: analyse them too rather than extrapolate into the end of the stream.
         tail = [i for i in sorted(self.pending) if i > self.last_pushed]
+        if self.adaptive:
+            out, self.ready = self.ready, []
+            for i in tail:  # with look-ahead, the last frame is a keyframe (a face entering at the end)
+                out += self._analyse(i, force_key=self.holdback and i == tail[-1])
+            t0 = time.perf_counter()
+            final = self.scheduler.flush()
+            _add_ms(self.timings, "track", t0)
+            out += self._mask(final)
+            if self.pending:
+                raise RuntimeError(f"{len(self.pending)} frames were never scheduled for masking")
+            return out
         t0 = time.perf_counter()
         final: list[tuple[int, Detections]] = []
         dets, failed = self._detect(tail)
@@ -223,13 +261,105 @@ class FrameSession:
             raise RuntimeError(f"{self.frames_detected} frames analysed, expected {expected}: output not published")
         if self.frames_out != n:
             raise RuntimeError(f"{self.frames_out} of {n} frames came out of the engine")
+        if self.adaptive and n:
+            # the full detector ran on the first frame and at least every key_every frames after it
+            if self.adaptive_stats["keyframes"] < 1 or self.max_key_gap > self.key_every + self.k - 1:
+                raise RuntimeError(f"keyframes {self.max_key_gap} frames apart (at most {self.key_every}): "
+                                   "output not published")
+            if self.holdback and self.last_key != n - 1:
+                raise RuntimeError("the last frame was not a keyframe: output not published")
 
     def stats(self) -> dict:
         return {"frames": self.frames_in, "frames_out": self.frames_out, "frames_detected": self.frames_detected,
                 "detected": dict(self.detected), "masked": dict(self.masked),
                 "frames_failed": len(self.failed & set(range(self.frames_in))),
                 "max_frames_held": self.max_pending, "tracks": self.scheduler.stats(),
+                **({"adaptive": self.adaptive_report()} if self.adaptive else {}),
                 "timings_ms": {k: round(v, 2) for k, v in self.timings.items()}}
+
+    def adaptive_report(self) -> dict:
+        st = dict(self.adaptive_stats)
+        w, h = self.frame_size
+        roi = st.pop("roi_pixels")
+        # share of the analysed frames' pixels the detectors saw (keyframes: all of them)
+        st["pixels_analysed_share"] = round((st["keyframes"] * w * h + roi) / max(1, self.frames_detected * w * h), 4)
+        st["key_every"] = self.key_every
+        st["max_key_gap"] = self.max_key_gap
+        return st
+
+    # -- adaptive detection
+    def _push_adaptive(self, start: int) -> list[MaskedFrame]:
+        limit = self.frames_in - (1 if self.holdback else 0)
+        out, self.ready = self.ready, []
+        try:
+            while self.next_index < limit:
+                i = self.next_index
+                if i % self.k == 0:
+                    out += self._analyse(i)
+                self.next_index = i + 1
+        except BaseException:
+            # What reached the scheduler stays (it comes out with the next call); the rest of this batch is
+            # forgotten, so a caller that goes on cannot have these frames emitted later as skipped ones.
+            keep = max(self.last_pushed, start - 1)
+            for i in range(keep + 1, self.frames_in):
+                self.pending.pop(i, None)
+            self.frames_in = keep + 1
+            self.next_index = self.last_pushed + 1
+            self.ready = out
+            raise
+        self.max_pending = max(self.max_pending, len(self.pending))
+        return out
+
+    def _analyse(self, i: int, force_key: bool = False) -> list[MaskedFrame]:
+        """One analysed frame: the full detector (keyframe) or the ROI detectors on crops around the tracks."""
+        rgb = self.pending[i].rgb
+        t0 = time.perf_counter()
+        thumb = thumbnail(rgb)
+        cut = self.prev_thumb is not None and scene_change(self.prev_thumb, thumb) > self.scene_cut
+        self.prev_thumb = thumb
+        key = force_key or cut or self.last_key is None or i - self.last_key >= self.key_every
+        rects: list[Roi] = []
+        if not key:
+            boxes, _ = self.scheduler.tracker.predicted(i, self.roi_classes, max_since=self.scheduler.max_gap)
+            h, w = rgb.shape[:2]
+            rects = plan_rois(boxes, w, h, self.roi_context, self.roi_face_px)
+            if roi_cost(rects) > self.roi_max_area * w * h:
+                key = True  # the crops would cost about as much as the frame
+                self.adaptive_stats["roi_keyframes"] += 1
+        self.adaptive_stats["scene_cuts"] += int(cut)
+        if key:
+            dets, failed = self.anonymizer.detect_or_mask([rgb], min_score=self.detect_floor,
+                                                          all_detectors=self.all_detectors)
+            raw, bad = dets[0], failed[0]
+            if self.last_key is not None:
+                self.max_key_gap = max(self.max_key_gap, i - self.last_key)
+            self.last_key = i
+            self.adaptive_stats["keyframes"] += 1
+        else:
+            bad = False
+            try:
+                raw = (detect_regions(self.anonymizer, rgb, rects, self.roi_classes, self.detect_floor,
+                                      self.all_detectors) if rects else Detections.empty())
+            except AnalysisFailed:
+                if self.anonymizer.config.on_analysis_error != "mask_frame":
+                    raise
+                raw, bad = Detections.empty(), True
+            self.adaptive_stats["roi_frames"] += 1
+            self.adaptive_stats["roi_pixels"] += roi_cost(rects)
+            self.adaptive_stats["roi_crops"] += len(rects)
+        _add_ms(self.timings, "detect", t0)
+        self.frames_detected += 1
+        self.pending[i].raw = raw
+        d = self._tracked(raw)
+        for label, n in d.counts().items():
+            self.detected[label] = self.detected.get(label, 0) + n
+        if bad:  # frames interpolated from this one are unchecked too
+            self.failed.update(range(max(0, i - self.k + 1), i + self.k))
+        t0 = time.perf_counter()
+        final = self.scheduler.push(i, d)
+        self.last_pushed = i
+        _add_ms(self.timings, "track", t0)
+        return self._mask(final)
 
     # -- steps
     def _tracked(self, d: Detections) -> Detections:

@@ -66,6 +66,24 @@ class VideoSettings:
         max(2, ceil(hits / k)) consecutive analysed frames) start a masked track of
         their own, as if confident (0: off). Temporal evidence for faces a single frame cannot settle:
         pan/zoom leak 0.75 % -> 0 % for +0.4 points of over-masking (benchmarks/RESULTS.md, video).
+    keyframe_s: adaptive detection (anon_core/video/adaptive.py): the full detector runs on keyframes, at
+        least this often (and on scene cuts, the first and the last frame); the analysed frames between them
+        run the `roi_classes` detectors on crops around their live tracks only. 0: the full detector on every
+        analysed frame (the behaviour before issue 18). Needs lead_s >= keyframe_s so that a face first seen
+        at a keyframe is masked back to where it appeared (benchmarks/RESULTS.md, issue 18).
+    roi_classes: classes re-detected between keyframes (on crops); other classes' detectors (plates,
+        persons, text) run on keyframes only and their tracks are interpolated in between.
+    roi_context: crop side as a multiple of the tracked box's larger side (the face's motion until the
+        next frame must stay inside it).
+    roi_face_px: a crop around a box larger than this is analysed downscaled so the box is this size (the
+        networks find faces of that size surely; a 200-px face costs 10x less). 0: crops at full size.
+    roi_max_area: when the crops (their pixels as analysed) of a frame would cover more than this share of
+        it, it is a keyframe.
+    scene_cut: mean absolute change of a 64-px grey thumbnail (0..1) against the previous analysed frame
+        above which a frame is a keyframe (a cut: tracks predict nothing there).
+    gop_copy: H.264 GOPs in which nothing was masked are copied from the input (coded slices bit-exact,
+        SEI dropped) and only the GOPs with masks are re-encoded (anon_core/video/gop.py); inputs it cannot
+        splice are re-encoded whole as before.
     keep_audio: copy audio streams bit-exact (remux); False drops them.
     allowed_stream_kinds: stream types kept besides the first video stream and audio, e.g.
         ("subtitle",). Data (GPS, GoPro GPMF telemetry, timecode) and attachments (cover art,
@@ -88,6 +106,13 @@ class VideoSettings:
     mask_thresh: float = 0.5
     candidate_score: float = 0.2
     weak_track_hits: int = 3
+    keyframe_s: float = 0.25
+    roi_classes: tuple[str, ...] = ("face",)
+    roi_context: float = 2.0
+    roi_face_px: float = 64.0
+    roi_max_area: float = 0.5
+    scene_cut: float = 0.1
+    gop_copy: bool = True
     keep_audio: bool = True
     allowed_stream_kinds: tuple[str, ...] = ()
     allowed_container_tags: tuple[str, ...] = ()
@@ -101,6 +126,17 @@ class VideoSettings:
         for name in ("batch_size", "detect_every_k", "queue_batches"):
             if getattr(self, name) < 1:
                 raise SchemaError(name, f"must be >= 1; got {getattr(self, name)!r}")
+        if self.keyframe_s < 0:
+            raise SchemaError("keyframe_s", f"must be >= 0 (0: full detection on every analysed frame); "
+                                            f"got {self.keyframe_s!r}")
+        if self.roi_context < 1:
+            raise SchemaError("roi_context", f"must be >= 1 (crop side / box side); got {self.roi_context!r}")
+        if self.roi_face_px < 0:
+            raise SchemaError("roi_face_px", f"must be >= 0 (0: crops at full size); got {self.roi_face_px!r}")
+        if not 0 <= self.roi_max_area <= 1:
+            raise SchemaError("roi_max_area", f"must be in [0, 1]; got {self.roi_max_area!r}")
+        if self.scene_cut < 0:
+            raise SchemaError("scene_cut", f"must be >= 0; got {self.scene_cut!r}")
 
     def encoder_for(self, family: str) -> EncoderSettings:
         return self.encoders.get(family) or self.encoders["mp4"]

@@ -1,0 +1,190 @@
+"""Adaptive detection for the frame engine: where the full detector runs and where less work is enough.
+
+Faces move smoothly between frames and new ones appear only at a few places and moments, so the engine runs
+the full detector (every configured detector, every view) on *keyframes* and, on the analysed frames between
+them, the same networks on crops around the live tracks only (`video.roi_classes`):
+
+- keyframes: the first frame, at least every `video.keyframe_s`, at scene cuts (a large change of a small grey
+  thumbnail against the previous analysed frame), when the crops would cover more than `roi_max_area` of the
+  frame (the full frame is then cheaper), and the last frame of a sequence with look-ahead (so a face entering
+  near the end is found and the lead window masks it backwards);
+- between keyframes: crops of `roi_context` x the predicted box (Kalman prediction of every live track of the
+  ROI classes, tentative weak tracks included), merged where they overlap; a detection that touches a crop's
+  inner edge is only partly seen and dropped (the crops are large enough that a tracked face is whole).
+  Detectors of other classes (plates, persons, text) run on keyframes only; their tracks are interpolated
+  between keyframes by the scheduler, which needs `keyframe_s <= max_gap_s`.
+
+A face that appears between two keyframes is found at the next one at the latest; the scheduler's lead window
+(`lead_s >= keyframe_s` by default) masks the frames before that, extrapolated backwards along the track.
+Every one of these shortcuts is measured by the frame-level leak rate (benchmarks/video_leak.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import cv2
+import numpy as np
+
+from anon_core.detections import Detections
+from anon_core.detectors.base import SharedWork
+from anon_core.media.errors import AnalysisFailed
+
+THUMB_W = 64  # thumbnail width for the scene-cut test: cheap, and blind to noise and small motion
+
+
+def thumbnail(rgb: np.ndarray) -> np.ndarray:
+    """A small grey float32 picture in [0, 1] for frame-difference tests."""
+    h, w = rgb.shape[:2]
+    tw = min(THUMB_W, w)
+    th = max(1, round(h * tw / w))
+    grey = cv2.cvtColor(cv2.resize(rgb, (tw, th), interpolation=cv2.INTER_AREA), cv2.COLOR_RGB2GRAY)
+    return grey.astype(np.float32) / 255.0
+
+
+def scene_change(a: np.ndarray | None, b: np.ndarray) -> float:
+    """Mean absolute thumbnail difference (0: same picture, ~0.3+: a cut)."""
+    if a is None or a.shape != b.shape:
+        return 1.0
+    return float(np.abs(a - b).mean())
+
+
+@dataclass(frozen=True)
+class Roi:
+    """A crop (x0, y0, x1, y1) of the frame and the scale it is analysed at (<= 1: big faces are searched at
+    about `face_px`, where the networks still find them surely, instead of at full size)."""
+
+    x0: int
+    y0: int
+    x1: int
+    y1: int
+    scale: float = 1.0
+
+    @property
+    def cost(self) -> float:
+        """Pixels the detectors see."""
+        return (self.x1 - self.x0) * (self.y1 - self.y0) * self.scale**2
+
+
+def plan_rois(boxes: np.ndarray, width: int, height: int, context: float, face_px: float = 0.0,
+              min_side: int = 48, align: int = 32) -> list[Roi]:
+    """Crops around the boxes: `context` x the box's larger side (at least `min_side`), merged while any two
+    overlap, sides rounded up to `align` pixels (fewer distinct network input shapes); a crop whose box is
+    larger than `face_px` (0: off) is analysed downscaled so that the box is about `face_px`."""
+    rects: list[list[float]] = []
+    for x0, y0, x1, y1 in np.asarray(boxes, np.float64).reshape(-1, 4):
+        big = max(x1 - x0, y1 - y0)
+        side = max(float(min_side), context * big)
+        cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+        r = [cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2]
+        if r[2] <= 0 or r[3] <= 0 or r[0] >= width or r[1] >= height:
+            continue  # predicted out of the picture
+        scale = min(1.0, face_px / big) if face_px > 0 and big > 0 else 1.0
+        rects.append([max(0.0, r[0]), max(0.0, r[1]), min(float(width), r[2]), min(float(height), r[3]), scale])
+    merged = True
+    while merged and len(rects) > 1:
+        merged = False
+        for i in range(len(rects)):
+            for j in range(i + 1, len(rects)):
+                a, b = rects[i], rects[j]
+                if a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]:
+                    # the finer scale of the two: the smaller face decides
+                    rects[i] = [min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3]), max(a[4], b[4])]
+                    del rects[j]
+                    merged = True
+                    break
+            if merged:
+                break
+    out = []
+    for x0, y0, x1, y1, scale in rects:
+        ax0, ax1 = _aligned(x0, x1, width, align)
+        ay0, ay1 = _aligned(y0, y1, height, align)
+        out.append(Roi(ax0, ay0, ax1, ay1, scale))
+    return out
+
+
+def _aligned(a: float, b: float, limit: int, align: int) -> tuple[int, int]:
+    """[a, b) grown to a multiple of `align` (as far as the frame allows), shifted back inside [0, limit)."""
+    lo, hi = int(np.floor(a)), int(np.ceil(b))
+    side = min(limit, -(-(hi - lo) // align) * align)
+    lo = max(0, min(lo - (side - (hi - lo)) // 2, limit - side))
+    return lo, lo + side
+
+
+def roi_cost(rois: Sequence[Roi]) -> float:
+    return float(sum(r.cost for r in rois))
+
+
+def _crop(frame: np.ndarray, r: Roi) -> np.ndarray:
+    crop = frame[r.y0:r.y1, r.x0:r.x1]
+    if r.scale < 1.0:
+        w, h = max(1, round((r.x1 - r.x0) * r.scale)), max(1, round((r.y1 - r.y0) * r.scale))
+        crop = cv2.resize(crop, (w, h), interpolation=cv2.INTER_AREA)
+    return np.ascontiguousarray(crop)
+
+
+def _shifted(d: Detections, r: Roi, crop_shape: tuple[int, ...], width: int, height: int, edge: float = 2.0
+             ) -> Detections:
+    """A crop's detections in frame coordinates, without those cut by one of its inner edges."""
+    ch, cw = crop_shape[:2]
+    b = d.xyxy
+    cut = np.zeros(len(d), bool)
+    if r.x0 > 0:
+        cut |= b[:, 0] <= edge
+    if r.y0 > 0:
+        cut |= b[:, 1] <= edge
+    if r.x1 < width:
+        cut |= b[:, 2] >= cw - edge
+    if r.y1 < height:
+        cut |= b[:, 3] >= ch - edge
+    d = d[~cut]
+    sx, sy = (r.x1 - r.x0) / cw, (r.y1 - r.y0) / ch
+    d.xyxy = d.xyxy * np.array([sx, sy, sx, sy], np.float32) + np.array([r.x0, r.y0, r.x0, r.y0], np.float32)
+    if d.landmarks is not None:
+        d.landmarks = d.landmarks * np.array([sx, sy], np.float32) + np.array([r.x0, r.y0], np.float32)
+    if d.masks is not None:  # silhouettes back into the full frame
+        full = []
+        for m in d.masks:
+            f = np.zeros((height, width), bool)
+            f[r.y0:r.y1, r.x0:r.x1] = cv2.resize(m.astype(np.uint8), (r.x1 - r.x0, r.y1 - r.y0),
+                                                 interpolation=cv2.INTER_NEAREST) > 0
+            full.append(f)
+        d.masks = full
+    return d
+
+
+def detect_regions(anonymizer: Any, frame: np.ndarray, rects: Sequence[Roi], classes: set[str],
+                   min_score: float | None, all_detectors: bool) -> Detections:
+    """The detectors of `classes` on the crops of one frame, as one frame's detections (what
+    `Anonymizer.detect` returns for a whole frame: `data["confident"]`, the policy's classes, the detection
+    filters run on the full frame). Any failure is AnalysisFailed, like a failed whole-frame detection."""
+    h, w = frame.shape[:2]
+    crops = [_crop(frame, r) for r in rects]
+    parts = []
+    for key, det in anonymizer.detectors.items():
+        if not crops or not set(det.classes) & classes:
+            continue
+        floor = min_score if all_detectors or det.track_candidates else None
+        try:
+            res = det.detect(crops, min_score=floor, work=SharedWork())
+            if len(res) != len(crops):
+                raise RuntimeError(f"returned {len(res)} results for {len(crops)} crops")
+        except Exception as exc:
+            msg = str(exc).splitlines()[0][:200] if str(exc) else ""
+            raise AnalysisFailed(f"detector {key!r} failed on a region: {type(exc).__name__}: {msg}") from exc
+        thr = float(det.threshold)
+        for roi, crop, r in zip(rects, crops, res):
+            r = _shifted(r, roi, crop.shape, w, h)
+            r.data["confident"] = r.scores >= thr
+            parts.append(r)
+    merged = Detections.merge(parts)
+    keep = np.isin(merged.labels.astype(str), list(anonymizer.classes)) if len(merged) else np.zeros(0, bool)
+    d = merged[keep]
+    for f in anonymizer.detection_filters:
+        try:
+            d = f(frame, d)
+        except Exception as exc:  # a filter that cannot decide must not let a frame through unchecked
+            raise AnalysisFailed(f"detection filter failed: {type(exc).__name__}: {exc}") from exc
+    return d
