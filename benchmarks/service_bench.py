@@ -185,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
             except subprocess.TimeoutExpired:
                 proc.kill()
     report["load_avg_after"] = os.getloadavg()
+    report["uptime"] = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    report["server_sets"] = list(args.set)
     os.makedirs(args.out, exist_ok=True)
     path = Path(args.out) / f"service_bench_{datetime.now(UTC).strftime('%Y%m%dT%H%M%S')}.json"
     path.write_text(json.dumps(report, indent=2))

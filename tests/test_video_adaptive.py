@@ -18,7 +18,7 @@ from anon_core.detectors import Detector, register_detector
 from anon_core.pipeline import Anonymizer
 from anon_core.video.adaptive import plan_rois, roi_cost
 from anon_core.video.gop import NAL_SEI, AvcConfig, split_annexb, split_avcc
-from anon_core.video.session import FrameSession
+from anon_core.video.session import FrameSession, Windows
 from anon_core.video.settings import VideoSettings
 from anon_core.weights import ModelInfo
 from tests.video_helpers import background, read_video, run_video
@@ -131,6 +131,26 @@ def test_adaptive_new_face_between_keyframes_is_masked_back_to_its_start():
     assert [len(m.final) > 0 for m in out[13:]] == [True] * 27
 
 
+def test_static_shot_defers_keyframes_until_something_moves():
+    """A still camera: keyframes wait while nothing changes; a square walking in brings them back in time."""
+    an = _anon(keyframe_s=0.25, static_max_s=2.0)
+    frames = _scene(72, present=lambda i: i >= 40, x0=-100, step=3)  # enters from the left edge at ~frame 34
+    s = FrameSession(an, 24, (320, 240))
+    out = []
+    for i in range(0, 72, 8):
+        out += s.push(frames[i:i + 8])
+    out += s.flush()
+    s.verify()
+    st = s.adaptive_report()
+    assert st["static_deferred"] > 20 and st["keyframes"] < 72 / 6
+    visible = [i for i in range(72) if -100 + 3 * i + SQ > 0 and i >= 40]
+    assert all(len(out[i].final) > 0 for i in visible)
+    calm = FrameSession(_anon(keyframe_s=0.25, static_max_s=0), 24, (320, 240))
+    calm.push(frames[:40])
+    calm.flush()
+    assert calm.adaptive_report()["static_deferred"] == 0 and calm.adaptive_report()["keyframes"] >= 40 // 6
+
+
 def test_scene_cut_forces_a_keyframe():
     an = _anon(keyframe_s=1.0)
     a = _scene(10)
@@ -141,6 +161,13 @@ def test_scene_cut_forces_a_keyframe():
     s.verify()
     assert s.adaptive_report()["scene_cuts"] >= 1
     assert s.adaptive_report()["keyframes"] >= 3  # first, the cut, the last
+
+
+def test_keyframe_gap_is_capped_by_the_lead_window():
+    an = _anon(keyframe_s=0.5)
+    assert FrameSession(an, 24, (320, 240), windows=Windows(0.5, 0.1, 0.5, 0.5)).key_every == 3  # lead 2 frames
+    # no look-ahead (the stream's default): nothing could mask a face found late, so every frame is a keyframe
+    assert not FrameSession(an, 24, (320, 240), kind="stream", windows=Windows(0.0, 0.0, 0.5, 0.0)).adaptive
 
 
 def test_keyframe_s_zero_is_full_detection_everywhere():

@@ -119,19 +119,21 @@ class Tracker:
         return out
 
     def predicted(self, frame_index: int, labels: set[str] | None = None, max_since: int | None = None
-                  ) -> tuple[np.ndarray, np.ndarray]:
-        """Boxes (N, 4) the live tracks are expected at in `frame_index` (Kalman prediction, state untouched) and
-        their labels; only tracks of `labels` matched within `max_since` frames. Tentative tracks are included:
-        the frame engine re-detects around them so a weak track can collect its consecutive hits."""
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Boxes (N, 4) the live tracks are expected at in `frame_index` (Kalman prediction, state untouched),
+        their labels and the frame each was last matched in; only tracks of `labels` matched within `max_since`
+        frames. Tentative tracks are included: the frame engine re-detects around them so a weak track can
+        collect its consecutive hits."""
         rows = [r for r, t in enumerate(self._tracks)
                 if (labels is None or t.label in labels) and (max_since is None or frame_index - t.last_frame
                                                               <= max_since)]
         if not rows:
-            return np.zeros((0, 4)), np.zeros(0, object)
+            return np.zeros((0, 4)), np.zeros(0, object), np.zeros(0, np.int64)
         idx = np.asarray(rows, np.int64)
         dt = np.array([max(0, frame_index - self._tracks[r].state_frame) for r in rows], np.float64)
         mean, _ = self.kf.predict(self._mean[idx], self._cov[idx], dt)
-        return self.kf.boxes(mean), np.array([self._tracks[r].label for r in rows], dtype=object)
+        return (self.kf.boxes(mean), np.array([self._tracks[r].label for r in rows], dtype=object),
+                np.array([self._tracks[r].last_frame for r in rows], np.int64))
 
     def update(self, dets: Detections, frame_index: int) -> Detections:
         """Match this frame's detections; returns them in input order with track_ids (-1: none)."""

@@ -14,6 +14,11 @@ them, the same networks on crops around the live tracks only (`video.roi_classes
   Detectors of other classes (plates, persons, text) run on keyframes only; their tracks are interpolated
   between keyframes by the scheduler, which needs `keyframe_s <= max_gap_s`.
 
+Static shots (surveillance): a periodic keyframe is deferred, up to `static_max_s`, while nothing outside the
+crops changed since the last keyframe (largest change of a blurred 160-px grey thumbnail below `static_diff`)
+and every tracked face was found again on the previous analysed frame: the full detector would look at the same
+pixels there. A track that is lost, motion anywhere else, or the time limit bring the keyframe back.
+
 A face that appears between two keyframes is found at the next one at the latest; the scheduler's lead window
 (`lead_s >= keyframe_s` by default) masks the frames before that, extrapolated backwards along the track.
 Every one of these shortcuts is measured by the frame-level leak rate (benchmarks/video_leak.py).
@@ -42,6 +47,24 @@ def thumbnail(rgb: np.ndarray) -> np.ndarray:
     th = max(1, round(h * tw / w))
     grey = cv2.cvtColor(cv2.resize(rgb, (tw, th), interpolation=cv2.INTER_AREA), cv2.COLOR_RGB2GRAY)
     return grey.astype(np.float32) / 255.0
+
+
+def motion_thumbnail(rgb: np.ndarray, width: int = 160) -> np.ndarray:
+    """A blurred grey float32 picture in [0, 1], fine enough to see a person enter a surveillance shot."""
+    h, w = rgb.shape[:2]
+    tw = min(width, w)
+    th = max(1, round(h * tw / w))
+    grey = cv2.cvtColor(cv2.resize(rgb, (tw, th), interpolation=cv2.INTER_AREA), cv2.COLOR_RGB2GRAY)
+    return cv2.GaussianBlur(grey.astype(np.float32) / 255.0, (3, 3), 0)
+
+
+def changed_outside(a: np.ndarray, b: np.ndarray, rois: Sequence[Roi], frame_w: int, frame_h: int) -> float:
+    """Largest thumbnail change between a and b outside the crops (what the tracks already watch)."""
+    d = np.abs(a - b)
+    sx, sy = d.shape[1] / frame_w, d.shape[0] / frame_h
+    for r in rois:
+        d[int(r.y0 * sy):int(np.ceil(r.y1 * sy)), int(r.x0 * sx):int(np.ceil(r.x1 * sx))] = 0
+    return float(d.max()) if d.size else 0.0
 
 
 def scene_change(a: np.ndarray | None, b: np.ndarray) -> float:

@@ -30,7 +30,16 @@ from anon_core.detections import Detections
 from anon_core.masking.context import MaskContext, mask_whole_frame
 from anon_core.media.errors import AnalysisFailed
 from anon_core.tracking import MaskScheduler
-from anon_core.video.adaptive import Roi, detect_regions, plan_rois, roi_cost, scene_change, thumbnail
+from anon_core.video.adaptive import (
+    Roi,
+    changed_outside,
+    detect_regions,
+    motion_thumbnail,
+    plan_rois,
+    roi_cost,
+    scene_change,
+    thumbnail,
+)
 from anon_core.video.settings import VideoSettings
 
 
@@ -141,14 +150,22 @@ class FrameSession:
                                                                                  self.candidate_score)
         self.kind, self.fps = kind, float(fps)
         self.frame_size = (int(frame_size[0]), int(frame_size[1]))
-        # adaptive detection (anon_core/video/adaptive.py): the full detector every `key_every` frames at least
-        self.key_every = max(1, round(settings.keyframe_s * self.fps)) if settings.keyframe_s > 0 else 0
+        w = windows or Windows.of(settings)
+        # adaptive detection (anon_core/video/adaptive.py): the full detector every `key_every` frames at least.
+        # A face that becomes detectable just after a keyframe is found at the next one; the lead window masks
+        # it back to where it appeared only if it spans that gap, so the gap is capped by the lead (no look-ahead,
+        # as in the default stream: the full detector on every frame).
+        lead = min(round(w.lead_s * self.fps), round(w.lookahead_s * self.fps))
+        want = max(1, round(settings.keyframe_s * self.fps)) if settings.keyframe_s > 0 else 0
+        self.key_every = min(want, lead + 1)
         self.adaptive = self.key_every > self.k
         self.roi_classes = set(settings.roi_classes)
         self.roi_context, self.roi_max_area = float(settings.roi_context), float(settings.roi_max_area)
         self.roi_face_px = float(settings.roi_face_px)
         self.scene_cut = float(settings.scene_cut)
-        w = windows or Windows.of(settings)
+        self.static_max = round(settings.static_max_s * self.fps) if self.adaptive else 0
+        self.static_diff = float(settings.static_diff)
+        self.key_mthumb: np.ndarray | None = None
         # with sparse detection the gap between two detector frames must still be interpolated, and with
         # adaptive detection the gap between two keyframes (classes searched on keyframes only)
         span = max(self.k, self.key_every if self.adaptive else 0)
@@ -180,7 +197,7 @@ class FrameSession:
         self.prev_thumb: np.ndarray | None = None
         self.max_key_gap = 0
         self.adaptive_stats = {"keyframes": 0, "roi_frames": 0, "scene_cuts": 0, "roi_keyframes": 0,
-                               "roi_pixels": 0, "roi_crops": 0}
+                               "roi_pixels": 0, "roi_crops": 0, "static_deferred": 0}
 
     # -- the loop
     def push(self, frames: Sequence[np.ndarray], metas: Sequence[Any] | None = None,
@@ -263,8 +280,10 @@ class FrameSession:
             raise RuntimeError(f"{self.frames_out} of {n} frames came out of the engine")
         if self.adaptive and n:
             # the full detector ran on the first frame and at least every key_every frames after it
-            if self.adaptive_stats["keyframes"] < 1 or self.max_key_gap > self.key_every + self.k - 1:
-                raise RuntimeError(f"keyframes {self.max_key_gap} frames apart (at most {self.key_every}): "
+            # (later while the picture stood still: static deferral, at most static_max frames)
+            allowed = max(self.key_every, self.static_max) + self.k - 1
+            if self.adaptive_stats["keyframes"] < 1 or self.max_key_gap > allowed:
+                raise RuntimeError(f"keyframes {self.max_key_gap} frames apart (at most {allowed}): "
                                    "output not published")
             if self.holdback and self.last_key != n - 1:
                 raise RuntimeError("the last frame was not a keyframe: output not published")
@@ -310,6 +329,18 @@ class FrameSession:
         self.max_pending = max(self.max_pending, len(self.pending))
         return out
 
+    def _static(self, i: int, mthumb: np.ndarray | None, rects: list[Roi], last: np.ndarray, w: int, h: int
+                ) -> bool:
+        """Whether a due keyframe may wait: a still picture outside the tracked crops, every track held."""
+        if mthumb is None or self.key_mthumb is None or self.last_key is None or i - self.last_key >= self.static_max:
+            return False
+        if len(last) and int(last.min()) < self.last_pushed:  # a track was not found again: look everywhere
+            return False
+        if changed_outside(self.key_mthumb, mthumb, rects, w, h) >= self.static_diff:
+            return False
+        self.adaptive_stats["static_deferred"] += 1
+        return True
+
     def _analyse(self, i: int, force_key: bool = False) -> list[MaskedFrame]:
         """One analysed frame: the full detector (keyframe) or the ROI detectors on crops around the tracks."""
         rgb = self.pending[i].rgb
@@ -317,13 +348,16 @@ class FrameSession:
         thumb = thumbnail(rgb)
         cut = self.prev_thumb is not None and scene_change(self.prev_thumb, thumb) > self.scene_cut
         self.prev_thumb = thumb
-        key = force_key or cut or self.last_key is None or i - self.last_key >= self.key_every
+        h, w = rgb.shape[:2]
+        mthumb = motion_thumbnail(rgb) if self.static_max else None
+        key = force_key or cut or self.last_key is None
         rects: list[Roi] = []
         if not key:
-            boxes, _ = self.scheduler.tracker.predicted(i, self.roi_classes, max_since=self.scheduler.max_gap)
-            h, w = rgb.shape[:2]
+            boxes, _, last = self.scheduler.tracker.predicted(i, self.roi_classes, max_since=self.scheduler.max_gap)
             rects = plan_rois(boxes, w, h, self.roi_context, self.roi_face_px)
-            if roi_cost(rects) > self.roi_max_area * w * h:
+            if i - self.last_key >= self.key_every:  # a periodic keyframe is due
+                key = not self._static(i, mthumb, rects, last, w, h)
+            if not key and roi_cost(rects) > self.roi_max_area * w * h:
                 key = True  # the crops would cost about as much as the frame
                 self.adaptive_stats["roi_keyframes"] += 1
         self.adaptive_stats["scene_cuts"] += int(cut)
@@ -333,7 +367,7 @@ class FrameSession:
             raw, bad = dets[0], failed[0]
             if self.last_key is not None:
                 self.max_key_gap = max(self.max_key_gap, i - self.last_key)
-            self.last_key = i
+            self.last_key, self.key_mthumb = i, mthumb
             self.adaptive_stats["keyframes"] += 1
         else:
             bad = False

@@ -81,6 +81,10 @@ class VideoSettings:
         it, it is a keyframe.
     scene_cut: mean absolute change of a 64-px grey thumbnail (0..1) against the previous analysed frame
         above which a frame is a keyframe (a cut: tracks predict nothing there).
+    static_max_s: static shots: a keyframe may be deferred up to this long while nothing outside the tracked
+        crops changed since the last one and every track was found on the previous analysed frame (0: off).
+    static_diff: the largest change (0..1) of a blurred 160-px grey thumbnail still counted as "nothing changed"
+        (compression noise on a still camera is ~0.01; a person entering is > 0.1).
     gop_copy: H.264 GOPs in which nothing was masked are copied from the input (coded slices bit-exact,
         SEI dropped) and only the GOPs with masks are re-encoded (anon_core/video/gop.py); inputs it cannot
         splice are re-encoded whole as before.
@@ -112,6 +116,8 @@ class VideoSettings:
     roi_face_px: float = 64.0
     roi_max_area: float = 0.5
     scene_cut: float = 0.1
+    static_max_s: float = 2.0
+    static_diff: float = 0.03
     gop_copy: bool = True
     keep_audio: bool = True
     allowed_stream_kinds: tuple[str, ...] = ()
@@ -135,6 +141,8 @@ class VideoSettings:
             raise SchemaError("roi_face_px", f"must be >= 0 (0: crops at full size); got {self.roi_face_px!r}")
         if not 0 <= self.roi_max_area <= 1:
             raise SchemaError("roi_max_area", f"must be in [0, 1]; got {self.roi_max_area!r}")
+        if self.static_max_s < 0 or self.static_diff < 0:
+            raise SchemaError("static_max_s", "static_max_s and static_diff must be >= 0")
         if self.scene_cut < 0:
             raise SchemaError("scene_cut", f"must be >= 0; got {self.scene_cut!r}")
 
