@@ -18,7 +18,7 @@ from anon_core.detectors import Detector, register_detector
 from anon_core.pipeline import Anonymizer
 from anon_core.video.adaptive import plan_rois, roi_cost
 from anon_core.video.gop import NAL_SEI, AvcConfig, split_annexb, split_avcc
-from anon_core.video.session import FrameSession, Windows
+from anon_core.video.session import FrameSession, Windows, expected_detected
 from anon_core.video.settings import VideoSettings
 from anon_core.weights import ModelInfo
 from tests.video_helpers import background, read_video, run_video
@@ -59,6 +59,7 @@ def _square(**params) -> _Square:
 
 
 def _anon(**video) -> Anonymizer:
+    video.setdefault("roi_every", 1)  # every frame analysed unless a test says otherwise
     cfg = AnonConfig(policy="faces", detectors={"face": DetectorSpec("test_square", {})},
                      video=VideoSettings(**video))
     return Anonymizer(cfg)
@@ -119,6 +120,17 @@ def test_adaptive_engine_keyframes_crops_and_tail():
         if m.raw is not None and len(m.raw):
             x = 20 + 4 * m.index
             assert np.allclose(m.raw.xyxy[0], [x, 100, x + SQ, 100 + SQ], atol=0.01)
+
+
+def test_roi_every_interpolates_between_analysed_frames():
+    an = _anon(keyframe_s=0.25, roi_every=2)
+    s = FrameSession(an, 24, (320, 240))
+    out = s.push(_scene(30)) + s.flush()
+    s.verify()
+    assert s.k == 2 and s.frames_detected == expected_detected(30, 2)
+    assert all(len(m.final) >= 1 for m in out)  # frames not analysed are filled by the scheduler
+    no_look = FrameSession(an, 24, (320, 240), kind="stream", windows=Windows(0.0, 0.0, 0.5, 0.0))
+    assert no_look.k == 1  # without adaptive detection every frame is analysed
 
 
 def test_adaptive_new_face_between_keyframes_is_masked_back_to_its_start():

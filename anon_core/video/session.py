@@ -159,6 +159,11 @@ class FrameSession:
         want = max(1, round(settings.keyframe_s * self.fps)) if settings.keyframe_s > 0 else 0
         self.key_every = min(want, lead + 1)
         self.adaptive = self.key_every > self.k
+        if self.adaptive and settings.roi_every > 1 and self.key_every > self.k * settings.roi_every:
+            # between keyframes the crops are searched on every roi_every-th analysed frame only; the
+            # scheduler interpolates the others, as with detect_every_k
+            self.k *= int(settings.roi_every)
+            self.configured_k = self.k
         self.roi_classes = set(settings.roi_classes)
         self.roi_context, self.roi_max_area = float(settings.roi_context), float(settings.roi_max_area)
         self.roi_face_px = float(settings.roi_face_px)

@@ -73,6 +73,9 @@ class VideoSettings:
         at a keyframe is masked back to where it appeared (benchmarks/RESULTS.md, issue 18).
     roi_classes: classes re-detected between keyframes (on crops); other classes' detectors (plates,
         persons, text) run on keyframes only and their tracks are interpolated in between.
+    roi_every: with adaptive detection, frames are analysed (keyframe or crops) every roi_every x
+        detect_every_k frames and interpolated in between (keyframes fall on analysed frames). Without
+        adaptive detection (keyframe_s = 0, or no look-ahead as in the default stream) it has no effect.
     roi_context: crop side as a multiple of the tracked box's larger side (the face's motion until the
         next frame must stay inside it).
     roi_face_px: a crop around a box larger than this is analysed downscaled so the box is this size (the
@@ -112,6 +115,7 @@ class VideoSettings:
     weak_track_hits: int = 3
     keyframe_s: float = 0.25
     roi_classes: tuple[str, ...] = ("face",)
+    roi_every: int = 2
     roi_context: float = 2.0
     roi_face_px: float = 64.0
     roi_max_area: float = 0.5
@@ -129,7 +133,7 @@ class VideoSettings:
     strict_frame_count: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("batch_size", "detect_every_k", "queue_batches"):
+        for name in ("batch_size", "detect_every_k", "queue_batches", "roi_every"):
             if getattr(self, name) < 1:
                 raise SchemaError(name, f"must be >= 1; got {getattr(self, name)!r}")
         if self.keyframe_s < 0:
