@@ -74,8 +74,8 @@ class VideoWriter:
             src = reader.plan.video.codec_context
             rng = int(getattr(src, "color_range", 0) or 0)
             self._dst_range = rng if rng in (1, 2) else None
-            # one dts delay for the whole track, deep enough for the input's B-frame reordering (x264: 2 frames)
-            delay = 3 * reader.default_duration if src.has_b_frames else 0
+            # one dts delay for the whole track, deeper than B-frame reordering (x264's pyramid: 2 frames)
+            delay = 4 * reader.default_duration
             self.gop = GopWriter(self.container, reader, enc, settings, self._dst_range, delay)
             st = self.gop.stream
             if reader.display_matrix:
@@ -175,7 +175,7 @@ class VideoWriter:
         out = {"codec": e.codec, "preset": e.preset, "crf": e.crf, "threads": e.threads, "pix_fmt": e.pix_fmt,
                "options": dict(e.options), "container": MUXERS[self.family], "padded": list(self.pad)}
         if self.gop is not None:
-            out["gop_copy"] = {**self.gop.stats, "bframes": 0, "sps_id": self.gop.sps_id}
+            out["gop_copy"] = {**self.gop.stats, "sps_id": self.gop.sps_id, "dts_delay": self.gop.delay}
         return out
 
 
