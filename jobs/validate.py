@@ -118,6 +118,11 @@ def mlflow_metrics(metrics: dict) -> dict[str, float]:
         put(f"{c}.leak_rate", lk["leak_rate"])
         for b, v in lk["by_size"].items():
             put(f"{c}.leak_rate_size_{b}", v["leak_rate"])
+    for c, ctl in (metrics.get("controls") or {}).items():
+        for k in ("reencode", "fill", "blur"):
+            put(f"{c}.control_{k}.leak_rate", ctl[k]["leak_rate"])
+            for b, v in ctl[k]["by_size"].items():
+                put(f"{c}.control_{k}.leak_rate_size_{b}", v["leak_rate"])
     put("over_masking", metrics["over_masking"])
     put("seconds_per_image", metrics["seconds_per_image"])
     if "video" in metrics:
@@ -213,6 +218,9 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--experiment", default="anon-validate", help="MLflow experiment name")
     p.add_argument("--no-mlflow", action="store_true", help="skip MLflow logging")
     p.add_argument("--progress", action="store_true", help="progress lines on stderr")
+    p.add_argument("--controls", action="store_true",
+                   help="also score the leak metric's controls on every image: an unmasked JPEG re-encode (must "
+                        "leak ~100 %%), a solid fill and a strong blur of every GT box (must leak 0 %%)")
     p.add_argument("--reid", action="store_true", help="face re-identification attack (needs the `subjects` extra)")
     return p
 
@@ -232,7 +240,7 @@ def validate(args: argparse.Namespace) -> dict:
     iou = args.iou if args.iou is not None else (0.3 if ds.kind == "video" else 0.5)
     pipe = build_pipeline(load_config(list(args.set)), ds.classes, args.score_floor)
     runner = run_video if ds.kind == "video" else run_images
-    col = runner(ds, pipe, out, iou, args.match, args.progress)
+    col = runner(ds, pipe, out, iou, args.match, args.progress, bool(getattr(args, "controls", False)))
     metrics = compute_metrics(ds, pipe, col, iou, args.match, args.target_fpr)
     if getattr(args, "reid", False) and ds.kind != "video" and "face" in ds.classes:  # anon_core/evaluation/reid.py
         from anon_core.evaluation.datasets import load_rgb
@@ -260,7 +268,11 @@ def validate(args: argparse.Namespace) -> dict:
         at = res["at_threshold"]
         s = {"threshold": at["threshold"], "ap": res["ap"], "ap_50_95": res["ap_50_95"], "precision": at["precision"],
              "recall": at["recall"], "fpr": at["fpr"], "fp_per_image": at["fp_per_image"],
-             "leak_rate": metrics["leak"].get(c, {}).get("leak_rate")}
+             "leak_rate": metrics["leak"].get(c, {}).get("leak_rate"),
+             "leak_by_size": {b: v["leak_rate"] for b, v in metrics["leak"].get(c, {}).get("by_size", {}).items()}}
+        ctl = (metrics.get("controls") or {}).get(c)
+        if ctl is not None:
+            s["controls"] = {k: ctl[k]["leak_rate"] for k in ("reencode", "fill", "blur")}
         cal = (metrics.get("calibration") or {}).get(c)
         if cal is not None:
             s["calibrated"] = {"target_fpr": cal["target_fpr"], "threshold": cal.get("threshold"),

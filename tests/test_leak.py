@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import cv2
 import numpy as np
 import pytest
 from skimage import data
 
-from anon_core.evaluation import GroundTruthImage, leak_image, leak_video, over_masking
+from anon_core.evaluation import GroundTruthImage, leak_dataset, leak_image, leak_video, over_masking
+from anon_core.evaluation.leak import ControlLeak, control_outputs
 
 FACE = (170, 50, 290, 200)  # x1, y1, x2, y2 of the astronaut's head in the 512x512 image
 
@@ -118,3 +122,85 @@ def test_leak_video_runs(img):
     assert r["longest_leak_run"] == {"7": 3}
     assert r["max_longest_leak_run"] == 3
     assert r["frame_leak_rate"] == pytest.approx(5 / 8)
+
+
+# ------------------------------------------------------------------------------- controls (issue 15, item 5)
+
+SHARED = Path(os.environ.get("ANON_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+SHARED_FACES = SHARED / "faces"
+
+
+def _lfw_sheet() -> tuple[np.ndarray, list[tuple[int, int, int, int]]]:
+    """skimage's LFW subset (200 real 25x25 face crops, faces only) tiled on a mid-grey sheet at 1x and 2x."""
+    faces = (data.lfw_subset()[:100] * 255).round().astype(np.uint8)
+    sheet = np.full((10 * 40 + 10 * 70, 10 * 70, 3), 128, np.uint8)
+    boxes = []
+    for k, f in enumerate(faces):
+        for scale, row0, pitch in ((1, 0, 40), (2, 400, 70)):
+            crop = cv2.resize(f, None, fx=scale, fy=scale, interpolation=cv2.INTER_LINEAR) if scale > 1 else f
+            y, x = row0 + (k // 10) * pitch + 5, (k % 10) * 70 + 5
+            sheet[y:y + crop.shape[0], x:x + crop.shape[1]] = crop[..., None]
+            boxes.append((x, y, x + crop.shape[1], y + crop.shape[0]))
+    return sheet, boxes
+
+
+def _check_controls(res: dict) -> None:
+    assert res["reencode"]["leak_rate"] == 1.0, res["reencode"]
+    assert res["fill"]["leak_rate"] == 0.0, res["fill"]
+    assert res["blur"]["leak_rate"] == 0.0, res["blur"]
+    assert res["blur"]["smoothest_decile"]["n_leaked"] == 0
+    assert res["reencode"]["smoothest_decile"]["n_leaked"] == res["reencode"]["smoothest_decile"]["n_evaluated"]
+
+
+def test_controls_on_package_faces(img):
+    """The metric's controls on real faces that ship with scikit-image: astronaut at 12-128 px, 200 LFW faces."""
+    ctl = ControlLeak(jpeg_quality=92)
+    for side in (12, 16, 24, 48, 128):  # shorter side (the width) of the face box
+        f = side / (FACE[2] - FACE[0])
+        small = cv2.resize(img, None, fx=f, fy=f, interpolation=cv2.INTER_AREA)
+        box = [round(v * f) for v in FACE]
+        ctl.add(small, GroundTruthImage("astronaut", small.shape[1], small.shape[0], boxes=[box]))
+    sheet, boxes = _lfw_sheet()
+    ctl.add(sheet, GroundTruthImage("lfw", sheet.shape[1], sheet.shape[0], boxes=boxes))
+    res = ctl.result()
+    assert res["fill"]["n_evaluated"] == 205
+    assert res["reencode"]["by_size"]["10-24"]["n_evaluated"] == 2  # the 12 and 16 px astronauts
+    assert res["reencode"]["by_size"]["24-64"]["n_evaluated"] == 202
+    _check_controls(res)
+
+
+def test_strong_blur_of_a_smooth_face_is_not_a_leak(img):
+    """A face that is smooth already (out of focus, 24 px): a strong blur must still count as obscured and an
+    unmasked copy as leaked; the detail ratio is least stable exactly there."""
+    f = 24 / (FACE[2] - FACE[0])
+    small = cv2.GaussianBlur(cv2.resize(img, None, fx=f, fy=f, interpolation=cv2.INTER_AREA), (0, 0), 1.2)
+    box = np.array([[round(v * f) for v in FACE]], float)
+    outs = control_outputs(small, box)
+    assert not leak_image(small, outs["blur"], box).leaked[0]
+    assert leak_image(small, outs["reencode"], box).leaked[0]
+    assert not leak_image(small, outs["fill"], box).leaked[0]
+
+
+def test_bands_everywhere(img):
+    boxes = np.array([FACE, (10, 300, 30, 320), (400, 400, 440, 440)], float)  # 120 px, 20 px, 40 px
+    res = leak_dataset([(img, img.copy(), boxes)])
+    assert res["by_size"]["10-24"] == {"n_evaluated": 1, "n_leaked": 1, "leak_rate": 1.0}
+    assert res["by_size"]["24-64"]["n_evaluated"] == 1 and res["by_size"]["64+"]["n_evaluated"] == 1
+    gt = GroundTruthImage("f", 512, 512, boxes=boxes, track_ids=[1, 2, 3])
+    v = leak_video([(1, img, img, gt)])
+    assert {k: b["n_evaluated"] for k, b in v["by_size"].items()} == {"10-24": 1, "24-64": 1, "64+": 1}
+
+
+@pytest.mark.skipif(not (SHARED_FACES / "annotations.jsonl").exists(),
+                    reason="../shared/data/faces absent (a fresh clone has none); set ANON_SHARED_DATA")
+def test_controls_on_dev_faces():
+    """The same controls on real WIDER FACE images (first 12 of ../shared/data/faces: crowds, tiny faces)."""
+    from anon_core.evaluation.datasets import load_rgb
+    from anon_core.evaluation.groundtruth import load_jsonl
+
+    ctl = ControlLeak(jpeg_quality=92)
+    for g in load_jsonl(SHARED_FACES)[:12]:
+        ctl.add(load_rgb(g.path), g)
+    res = ctl.result()
+    assert res["fill"]["n_evaluated"] >= 50
+    _check_controls(res)

@@ -92,3 +92,34 @@ def test_avatar_uses_landmarks_and_no_source_pixels(astronaut):
     out2, _ = Masker({"face": MaskSpec("avatar", "box", 1.0)}).apply(other, d)
     # The avatar does not depend on the pixels it replaces.
     assert np.array_equal(out[50:180, 175:275], out2[50:180, 175:275])
+
+
+def test_small_box_growth_covers_an_offset_box(astronaut):
+    """A 12 px face whose detection box sits 6 px off (right and down): min_side/pad_px grow the mask until it
+    covers the face, and change nothing on a large face beyond the padding."""
+    import cv2
+
+    from anon_core.evaluation.leak import leak_image
+
+    f = 12 / (ASTRONAUT_FACE[2] - ASTRONAUT_FACE[0])
+    small = cv2.resize(astronaut, None, fx=f, fy=f, interpolation=cv2.INTER_AREA)
+    face = np.array([[round(v * f) for v in ASTRONAUT_FACE]], float)
+    det = Detections(face + [6, 6, 6, 6], [0.9], ["face"])
+    plain = Masker({"face": MaskSpec("blur", "ellipse", 1.3, {"strength": 0.25})})
+    grown = Masker({"face": MaskSpec("blur", "ellipse", 1.3, {"strength": 0.25}, min_side=24, pad_px=2)})
+    assert leak_image(small, plain.apply(small, det)[0], face).leaked[0]
+    assert not leak_image(small, grown.apply(small, det)[0], face).leaked[0]
+    spec = grown.specs["face"]
+    big = np.array([[100, 100, 200, 220]], np.float32)
+    np.testing.assert_allclose(spec.region(big), MaskSpec(scale=1.3).region(big) + [-2, -2, 2, 2])
+    r = spec.region(np.array([[0, 0, 10, 14]], np.float32))[0]
+    assert min(r[2] - r[0], r[3] - r[1]) == pytest.approx(24 + 4)  # shorter side raised to 24, then 2 px a side
+    assert (r[3] - r[1]) / (r[2] - r[0]) == pytest.approx((14 * 24 / 10 + 4) / 28)  # aspect kept before padding
+
+
+@pytest.mark.parametrize("bad", [{"min_side": -1}, {"min_side": 300}, {"pad_px": -0.5}, {"pad_px": 65}])
+def test_growth_keys_validated(bad):
+    from anon_core.schema import SchemaError
+
+    with pytest.raises(SchemaError):
+        MaskSpec(**bad)

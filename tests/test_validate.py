@@ -70,7 +70,7 @@ def validated(box_set, tmp_path_factory):
     db = out / "store" / "mlflow.db"
     db.parent.mkdir()
     argv = ["validate", "--data", str(box_set), "-o", str(out), "--target-fpr", "0.05", "--write-config",
-            str(out / "calibration.yaml"), "--tracking-uri", f"sqlite:///{db}"]
+            str(out / "calibration.yaml"), "--tracking-uri", f"sqlite:///{db}", "--controls"]
     if importlib.util.find_spec("mlflow") is None:  # the `validate` extra is missing: check the rest anyway
         argv.append("--no-mlflow")
     for s in FAST:
@@ -103,6 +103,20 @@ def test_outputs_written(validated, box_set):
     if importlib.util.find_spec("matplotlib") is not None:
         assert (out / "pr_curve.png").stat().st_size > 1000
     assert summary["face"]["recall"] == 1.0 and summary["face"]["leak_rate"] == 0.0
+
+
+def test_controls_and_size_bands_reported(validated):
+    """--controls: the leak metric's controls on the same images (re-encode leaks all, fill and blur none)."""
+    out, summary, _, _ = validated
+    m = json.loads((out / "metrics.json").read_text())
+    ctl = m["controls"]["face"]
+    assert ctl["reencode"]["n_evaluated"] == 4
+    assert ctl["reencode"]["leak_rate"] == 1.0 and ctl["fill"]["leak_rate"] == 0.0 and ctl["blur"]["leak_rate"] == 0.0
+    assert set(ctl["blur"]["by_size"]) == {"10-24", "24-64", "64+"}
+    assert summary["face"]["controls"] == {"reencode": 1.0, "fill": 0.0, "blur": 0.0}
+    bands = m["leak"]["face"]["by_size"]
+    assert sum(b["n_evaluated"] for b in bands.values()) == 4
+    assert set(summary["face"]["leak_by_size"]) == {"10-24", "24-64", "64+"}
 
 
 def _default_face_threshold() -> float:

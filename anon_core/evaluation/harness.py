@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import sys
 import time
 from dataclasses import dataclass, field
@@ -24,9 +23,8 @@ from anon_core.config import AnonConfig
 from anon_core.detections import Detections
 from anon_core.evaluation.datasets import Dataset, load_rgb
 from anon_core.evaluation.groundtruth import GroundTruthImage
-from anon_core.evaluation.leak import VideoLeak, leak_image
+from anon_core.evaluation.leak import ControlLeak, VideoLeak, add_bands, leak_image
 from anon_core.evaluation.matching import match_image
-from anon_core.evaluation.metrics import SIZE_BUCKETS
 from anon_core.evaluation.plots import MissGallery
 from anon_core.pipeline import Anonymizer
 from anon_core.video.session import FrameSession, MaskedFrame
@@ -83,6 +81,9 @@ class Collected:
     gallery: MissGallery = field(default_factory=MissGallery)
     seconds_detect: float = 0.0
     n_scored: int = 0  # images/frames whose detections went into `pairs`
+    # --controls: the leak metric's own checks on every scored image, per class (None: not asked for)
+    controls: dict[str, ControlLeak] | None = None
+    jpeg_quality: int = 92
 
 
 def _pred_row(gt: GroundTruthImage, det: Detections, extra: dict | None = None) -> dict:
@@ -94,17 +95,9 @@ def _pred_row(gt: GroundTruthImage, det: Detections, extra: dict | None = None) 
 
 
 def _leak_acc(acc: dict, gt: GroundTruthImage, res) -> None:
-    wh = gt.boxes[:, 2:] - gt.boxes[:, :2]
-    side = wh.min(axis=1) if len(wh) else np.zeros(0)
     acc["n_evaluated"] = acc.get("n_evaluated", 0) + res.n_evaluated
     acc["n_leaked"] = acc.get("n_leaked", 0) + res.n_leaked
-    by = acc.setdefault("by_size", {})
-    for lo, hi in SIZE_BUCKETS[1:]:  # boxes < 10 px are skipped by leak_image
-        m = (side >= lo) & (side < hi) & res.evaluated
-        name = f"{lo:g}+" if math.isinf(hi) else f"{lo:g}-{hi:g}"
-        b = by.setdefault(name, {"n_evaluated": 0, "n_leaked": 0})
-        b["n_evaluated"] += int(m.sum())
-        b["n_leaked"] += int((m & res.leaked).sum())
+    add_bands(acc.setdefault("by_size", {}), gt.boxes, res)  # boxes < 10 px are skipped by leak_image
 
 
 def _score_frame(
@@ -129,6 +122,8 @@ def _score_frame(
         row["leak_evaluated"] += res.n_evaluated
         row["leaked"] += res.n_leaked
         col.gallery.add(img, g, ~found, m.gt_score, res.leaked)
+        if col.controls is not None:
+            col.controls.setdefault(c, ControlLeak(col.jpeg_quality)).add(img, g)
     # over-masking against every labelled region of the image (all classes + ignore)
     share_res = leak_image(img, anon, GroundTruthImage(gt.file, gt.width, gt.height, np.zeros((0, 4)),
                                                        np.concatenate([gt.boxes, gt.ignore])))
@@ -138,9 +133,13 @@ def _score_frame(
     col.rows.append(row)
 
 
+def _collected(pipe: ValidationPipeline, controls: bool) -> Collected:
+    return Collected(controls={} if controls else None, jpeg_quality=int(pipe.config.image.jpeg_quality))
+
+
 def run_images(ds: Dataset, pipe: ValidationPipeline, out: Path, iou: float, match_fn: str,
-               progress: bool) -> Collected:
-    col = Collected()
+               progress: bool, controls: bool = False) -> Collected:
+    col = _collected(pipe, controls)
     ctx = pipe.anonymizer.mask_context()
     ctx.kind = "validate"
     with open(out / "predictions.jsonl", "w", encoding="utf-8") as fh:
@@ -166,9 +165,9 @@ def sequence_session(pipe: ValidationPipeline, fps: float, size: tuple[int, int]
 
 
 def run_video(ds: Dataset, pipe: ValidationPipeline, out: Path, iou: float, match_fn: str,
-              progress: bool) -> Collected:
+              progress: bool, controls: bool = False) -> Collected:
     """Frames in order through the frame engine; each released frame is scored as it would be published."""
-    col = Collected()
+    col = _collected(pipe, controls)
     batch = max(1, int(pipe.config.video.batch_size))
     with open(out / "predictions.jsonl", "w", encoding="utf-8") as fh:
         for seq in ds.sequences:

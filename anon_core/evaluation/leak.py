@@ -21,12 +21,15 @@ replacements that keep edges.
 
 from __future__ import annotations
 
+import io
+import math
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
+from PIL import Image
 from skimage.metrics import structural_similarity
 
 from anon_core.evaluation.groundtruth import GroundTruthImage
@@ -36,6 +39,8 @@ DETAIL_THRESHOLD = 0.4
 MIN_SIZE = 10
 NORM_SIDE = 32  # crops are resampled to this shorter side before scoring
 _WIN = 7  # SSIM window
+# Size bands (shorter box side, px) every leak figure is reported by; boxes under MIN_SIZE are not scored.
+SIZE_BANDS: tuple[tuple[float, float], ...] = ((10, 24), (24, 64), (64, math.inf))
 
 
 def _gray(img: np.ndarray) -> np.ndarray:
@@ -179,8 +184,10 @@ def leak_dataset(
     """Aggregate over (original, anonymized, gt) triples: leak_rate = leaked / evaluated over all boxes."""
     n_eval = n_leak = changed = outside = 0
     n_images = 0
+    bands: dict = {}
     for orig, anon, gt in items:
         r = leak_image(orig, anon, gt, **kwargs)
+        add_bands(bands, gt.boxes if isinstance(gt, GroundTruthImage) else gt, r)
         n_images += 1
         n_eval += r.n_evaluated
         n_leak += r.n_leaked
@@ -191,8 +198,124 @@ def leak_dataset(
         "n_evaluated": n_eval,
         "n_leaked": n_leak,
         "leak_rate": n_leak / n_eval if n_eval else None,
+        "by_size": band_rates(bands),
         "over_masking": changed / outside if outside else None,
     }
+
+
+def band_name(lo: float, hi: float) -> str:
+    return f"{lo:g}+" if math.isinf(hi) else f"{lo:g}-{hi:g}"
+
+
+def add_bands(acc: dict, boxes: np.ndarray, res: LeakResult) -> dict:
+    """Add one image's evaluated/leaked counts per size band (shorter side) into acc[band] = {n_evaluated, n_leaked}."""
+    boxes = np.asarray(boxes, float).reshape(-1, 4)
+    side = np.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
+    for lo, hi in SIZE_BANDS:
+        m = (side >= lo) & (side < hi) & res.evaluated
+        b = acc.setdefault(band_name(lo, hi), {"n_evaluated": 0, "n_leaked": 0})
+        b["n_evaluated"] += int(m.sum())
+        b["n_leaked"] += int((m & res.leaked).sum())
+    return acc
+
+
+def band_rates(acc: dict) -> dict:
+    """acc from add_bands with leak_rate added per band (None where no box was evaluated)."""
+    return {k: {**v, "leak_rate": v["n_leaked"] / v["n_evaluated"] if v["n_evaluated"] else None}
+            for k, v in acc.items()}
+
+
+# ------------------------------------------------------------------------------------------- controls
+# The metric's own checks, run on real images: outputs whose answer is known whatever the detector does.
+# - reencode: the unmasked image through a JPEG round trip (what an anonymizer that masked nothing publishes):
+#   every face must count as leaked.
+# - fill: every GT box filled with its own mean colour (the flat fill closest to the face in luminance, the
+#   hardest fill for SSIM): no face may count as leaked.
+# - blur: every GT box blurred with sigma = BLUR_CONTROL x its longer side (the default face mask's strength):
+#   no face may count as leaked, smooth (low-detail, blurry, dark) faces included; the smoothest decile is
+#   reported on its own because that is where a detail ratio is least stable.
+CONTROLS = ("reencode", "fill", "blur")
+BLUR_CONTROL = 0.25
+
+
+def _jpeg(img: np.ndarray, quality: int) -> np.ndarray:
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(img[..., :3])).save(buf, format="JPEG", quality=int(quality))
+    return np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
+
+
+def control_outputs(original: np.ndarray, boxes: np.ndarray, jpeg_quality: int = 92) -> dict[str, np.ndarray]:
+    """The three control outputs of one image (see CONTROLS) for its GT boxes (N, 4)."""
+    o = np.asarray(original)[..., :3]
+    h, w = o.shape[:2]
+    filled, blurred = o.copy(), o.copy()
+    for box in np.asarray(boxes, float).reshape(-1, 4):
+        x1, y1, x2, y2 = _int_box(box, w, h)
+        if x2 <= x1 or y2 <= y1:
+            continue
+        crop = o[y1:y2, x1:x2]
+        filled[y1:y2, x1:x2] = crop.reshape(-1, 3).mean(0).round().astype(np.uint8)
+        sigma = max(1.0, BLUR_CONTROL * max(x2 - x1, y2 - y1))
+        # blur with real context around the box (as a mask operator does), then keep the box only
+        m = int(math.ceil(2 * sigma))
+        cx1, cy1, cx2, cy2 = max(0, x1 - m), max(0, y1 - m), min(w, x2 + m), min(h, y2 + m)
+        ctx = cv2.GaussianBlur(np.ascontiguousarray(o[cy1:cy2, cx1:cx2]), (0, 0), sigma,
+                               borderType=cv2.BORDER_REFLECT)
+        blurred[y1:y2, x1:x2] = ctx[y1 - cy1:y2 - cy1, x1 - cx1:x2 - cx1]
+    return {"reencode": _jpeg(o, jpeg_quality), "fill": filled, "blur": blurred}
+
+
+def detail_energy(original: np.ndarray, box: np.ndarray, norm_side: int = NORM_SIDE) -> float:
+    """Mean squared Laplacian of the normalised gray crop: how much fine detail a face has to leak."""
+    h, w = original.shape[:2]
+    x1, y1, x2, y2 = _int_box(np.asarray(box, float), w, h)
+    if x2 <= x1 or y2 <= y1:
+        return 0.0
+    g = _gray(original[y1:y2, x1:x2])
+    a, _ = _normalise(g, g, max(norm_side, _WIN))
+    la = cv2.Laplacian(a, cv2.CV_64F, ksize=1)
+    return float((la * la).mean())
+
+
+class ControlLeak:
+    """Accumulates the controls over images: leak rate per control, per size band, and on the smoothest faces."""
+
+    def __init__(self, jpeg_quality: int = 92, **kwargs) -> None:
+        self.jpeg_quality, self.kwargs = int(jpeg_quality), kwargs
+        self.acc: dict[str, dict] = {c: {"n_evaluated": 0, "n_leaked": 0, "by_size": {}} for c in CONTROLS}
+        self.per_box: dict[str, list] = {"energy": [], **{c: [] for c in CONTROLS}}
+        self.n_images = 0
+
+    def add(self, original: np.ndarray, gt: GroundTruthImage) -> dict[str, LeakResult]:
+        outs = control_outputs(original, gt.boxes, self.jpeg_quality)
+        res = {}
+        for c, out in outs.items():
+            r = leak_image(original, out, gt, **self.kwargs)
+            a = self.acc[c]
+            a["n_evaluated"] += r.n_evaluated
+            a["n_leaked"] += r.n_leaked
+            add_bands(a["by_size"], gt.boxes, r)
+            self.per_box[c] += [bool(x) for x in r.leaked[r.evaluated]]
+            res[c] = r
+        ev = res["fill"].evaluated
+        self.per_box["energy"] += [detail_energy(original, b) for b in np.asarray(gt.boxes)[ev]]
+        self.n_images += 1
+        return res
+
+    def result(self) -> dict:
+        out: dict = {"n_images": self.n_images, "jpeg_quality": self.jpeg_quality, "blur_strength": BLUR_CONTROL,
+                     "expected_leak_rate": {"reencode": 1.0, "fill": 0.0, "blur": 0.0}}
+        energy = np.asarray(self.per_box["energy"])
+        smooth = energy <= np.quantile(energy, 0.1) if len(energy) else np.zeros(0, bool)
+        for c in CONTROLS:
+            a = self.acc[c]
+            leaked = np.asarray(self.per_box[c], bool)
+            out[c] = {"n_evaluated": a["n_evaluated"], "n_leaked": a["n_leaked"],
+                      "leak_rate": a["n_leaked"] / a["n_evaluated"] if a["n_evaluated"] else None,
+                      "by_size": band_rates(a["by_size"]),
+                      "smoothest_decile": {"n_evaluated": int(smooth.sum()),
+                                           "n_leaked": int((leaked & smooth).sum()) if len(leaked) else 0}}
+        return out
 
 
 def _longest_runs(events: dict[int, list[tuple[int, bool]]]) -> dict[int, int]:
@@ -219,6 +342,7 @@ class VideoLeak:
         self.kwargs = kwargs
         self.events: dict[int, list[tuple[int, bool]]] = defaultdict(list)
         self.n_eval = self.n_leak = self.n_frames = self.frames_leaked = self.changed = self.outside = 0
+        self.bands: dict = {}
 
     def add(self, frame: int, orig: np.ndarray, anon: np.ndarray, gt: GroundTruthImage) -> None:
         r = leak_image(orig, anon, gt, **self.kwargs)
@@ -226,6 +350,7 @@ class VideoLeak:
         self.n_eval += r.n_evaluated
         self.n_leak += r.n_leaked
         self.frames_leaked += int(r.n_leaked > 0)
+        add_bands(self.bands, gt.boxes, r)
         self.changed += r.changed_outside
         self.outside += r.pixels_outside
         tids = gt.track_ids if gt.track_ids is not None else np.arange(len(gt.boxes))
@@ -241,6 +366,7 @@ class VideoLeak:
             "n_evaluated": n_eval,
             "n_leaked": self.n_leak,
             "leak_rate": self.n_leak / n_eval if n_eval else None,
+            "by_size": band_rates(self.bands),
             "frames_with_leak": self.frames_leaked,
             "frame_leak_rate": self.frames_leaked / n_frames if n_frames else None,
             "over_masking": self.changed / self.outside if self.outside else None,

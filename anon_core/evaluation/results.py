@@ -7,6 +7,7 @@ from pathlib import Path
 
 from anon_core.evaluation.datasets import Dataset
 from anon_core.evaluation.harness import Collected, ValidationPipeline
+from anon_core.evaluation.leak import band_rates
 from anon_core.evaluation.metrics import evaluate, threshold_for_target_fpr
 
 
@@ -16,8 +17,14 @@ def _video_summary(per_seq: dict[str, dict], key: str) -> dict:
     n_leak = sum(p["n_leaked"] for p in parts)
     n_frames = sum(p["n_frames"] for p in parts)
     fl = sum(p["frames_with_leak"] for p in parts)
+    bands: dict = {}
+    for p in parts:
+        for b, v in p.get("by_size", {}).items():
+            acc = bands.setdefault(b, {"n_evaluated": 0, "n_leaked": 0})
+            acc["n_evaluated"] += v["n_evaluated"]
+            acc["n_leaked"] += v["n_leaked"]
     return {"n_frames": n_frames, "n_evaluated": n_eval, "n_leaked": n_leak,
-            "leak_rate": n_leak / n_eval if n_eval else None,
+            "leak_rate": n_leak / n_eval if n_eval else None, "by_size": band_rates(bands),
             "frame_leak_rate": fl / n_frames if n_frames else None,
             "max_longest_leak_run": max((p["max_longest_leak_run"] for p in parts), default=0)}
 
@@ -45,8 +52,7 @@ def compute_metrics(ds: Dataset, pipe: ValidationPipeline, col: Collected, iou: 
     for c, acc in col.leak_by_class.items():
         n_e, n_l = acc.get("n_evaluated", 0), acc.get("n_leaked", 0)
         leak[c] = {"n_evaluated": n_e, "n_leaked": n_l, "leak_rate": n_l / n_e if n_e else None,
-                   "by_size": {k: {**v, "leak_rate": v["n_leaked"] / v["n_evaluated"] if v["n_evaluated"] else None}
-                               for k, v in acc.get("by_size", {}).items()}}
+                   "by_size": band_rates(acc.get("by_size", {}))}
     out = {
         "dataset": {"path": str(ds.root), "kind": ds.kind, "classes": ds.classes, "n_images": ds.n_images,
                     "n_sequences": len(ds.sequences)},
@@ -62,6 +68,8 @@ def compute_metrics(ds: Dataset, pipe: ValidationPipeline, col: Collected, iou: 
     }
     if target_fpr is not None:
         out["calibration"] = calibration
+    if col.controls is not None:
+        out["controls"] = {c: ctl.result() for c, ctl in col.controls.items()}
     if col.video:
         out["video"] = {
             "tracked": _video_summary(col.video, "tracked"),

@@ -25,12 +25,22 @@ class MaskSpec:
     shape: Shape = "ellipse"
     scale: float = 1.3  # boxes hug the face; 1.3 covers hair line, ears and chin
     params: dict[str, Any] = field(default_factory=dict)
+    # Growth for small boxes: a detector's box on a 10-20 px face is often offset by a few pixels, which a
+    # relative scale cannot absorb. After `scale`, the region's shorter side is raised to at least `min_side`
+    # px (about its centre, aspect kept), then `pad_px` px are added on every side. Both cost nothing on
+    # large faces and grow the mask most where the box is least reliable.
+    min_side: float = 0.0
+    pad_px: float = 0.0
 
     def __post_init__(self) -> None:
         # A bad mask is a configuration error, reported when the config is built (not mid-run).
         check_choices(self)
         if not 0.5 <= float(self.scale) <= 4.0:
             raise SchemaError("scale", f"must be in [0.5, 4]; got {self.scale!r}")
+        if not 0.0 <= float(self.min_side) <= 256.0:
+            raise SchemaError("min_side", f"must be in [0, 256] px; got {self.min_side!r}")
+        if not 0.0 <= float(self.pad_px) <= 64.0:
+            raise SchemaError("pad_px", f"must be in [0, 64] px; got {self.pad_px!r}")
         try:
             factory = operator_factory(self.operator)
         except ValueError as exc:
@@ -43,6 +53,16 @@ class MaskSpec:
 
     def build(self) -> MaskOperator:
         return create_operator(self.operator, **self.params)
+
+    def region(self, xyxy: np.ndarray) -> np.ndarray:
+        """The masked regions (N, 4) of detection boxes (N, 4): scale, then small-box growth, then padding."""
+        box = scale_about_centre(np.asarray(xyxy, np.float32).reshape(-1, 4), self.scale)
+        if self.min_side > 0 and len(box):
+            side = np.minimum(box[:, 2] - box[:, 0], box[:, 3] - box[:, 1])
+            box = scale_about_centre(box, np.maximum(1.0, self.min_side / np.maximum(side, 1e-3)))
+        if self.pad_px > 0:
+            box = box + np.float32(self.pad_px) * np.array([-1, -1, 1, 1], np.float32)
+        return box
 
 
 class Masker:
@@ -60,7 +80,8 @@ class Masker:
         return None
 
     def describe(self) -> dict:
-        return {k: {"operator": s.operator, "shape": s.shape, "scale": s.scale, **self.ops[k].params()}
+        return {k: {"operator": s.operator, "shape": s.shape, "scale": s.scale, "min_side": s.min_side,
+                    "pad_px": s.pad_px, **self.ops[k].params()}
                 for k, s in self.specs.items()}
 
     def apply(self, image: np.ndarray, dets: Detections, recorder=None, frame_index: int = 0
@@ -80,7 +101,7 @@ class Masker:
             if found is None:
                 continue
             spec, op = found
-            box = scale_about_centre(dets.xyxy[i : i + 1], spec.scale)[0]
+            box = spec.region(dets.xyxy[i : i + 1])[0]
             if box[2] - box[0] < 1 or box[3] - box[1] < 1:
                 continue
             # Context margin so blurs have real pixels to mix in at the region's edge.
