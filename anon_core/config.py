@@ -14,6 +14,7 @@ from typing import Any, Literal, get_args
 
 from anon_core.audio.settings import AudioSettings
 from anon_core.detectors.base import detector_factory
+from anon_core.heads import HeadSettings, SmallFaceSettings
 from anon_core.licenses import PERMISSIVE
 from anon_core.masking.apply import MaskSpec
 from anon_core.media.image_io import MetadataPolicy
@@ -168,6 +169,10 @@ class AnonConfig:
     vault: VaultSettings = field(default_factory=VaultSettings)
     models: ModelsSettings = field(default_factory=ModelsSettings)
     subjects: SubjectSettings = field(default_factory=SubjectSettings)
+    # Face coverage beyond the detector's threshold (anon_core/heads.py, benchmarks/RESULTS.md issue 15):
+    # heads of persons with no face found, and small face candidates.
+    heads: HeadSettings = field(default_factory=HeadSettings)
+    small_faces: SmallFaceSettings = field(default_factory=SmallFaceSettings)
 
     def __post_init__(self) -> None:
         check_choices(self)

@@ -22,6 +22,7 @@ from anon_core.deadline import Deadline
 from anon_core.detections import Detections
 from anon_core.detectors import create_detector
 from anon_core.detectors.base import Detector, SharedWork
+from anon_core.heads import append_heads, heads_without_faces
 from anon_core.image_batch import PreparedImage, prepare_images
 from anon_core.masking import Masker
 from anon_core.masking.context import DetectionFilter, MaskContext, MaskHook, mask_whole_frame
@@ -64,6 +65,10 @@ class Anonymizer:
                 raise ValueError(msg)
             log.warning(msg)
         self.masker = Masker({c: self.config.masks[c] for c in self.classes if c in self.config.masks})
+        # heads.enabled: NanoDet persons whose head holds no face get the head masked (anon_core/heads.py); built
+        # with the plate search's NanoDet arguments, so both read the same views from one SharedWork
+        self.heads = self.config.heads if self.config.heads.enabled and "face" in self.classes else None
+        self._heads_net = None
         self.config_hash = self.config.hash()
         self.vault = None
         if self.config.vault.enabled:
@@ -94,9 +99,23 @@ class Anonymizer:
             if self.residual is not None:
                 self.residual.subjects = self.subjects
 
+    def heads_net(self):
+        """The NanoDet the head rule reads persons from (loaded on first use; same arguments as the plate search)."""
+        if self._heads_net is None:
+            from anon_core.detectors.nanodet import nanodet_for
+
+            spec = self.config.detectors.get("plate")
+            p = dict(spec.params) if spec is not None and spec.name == "plate" else {}
+            self._heads_net = nanodet_for(p.get("nanodet_weights"), p.get("device", self.config.device),
+                                          int(p.get("threads", 0)), float(p.get("candidate_threshold", 0.1)),
+                                          int(p.get("tile_size", 640)), int(p.get("tile_min_side", 600)))
+        return self._heads_net
+
     # -- what the audit needs to say about this pipeline
     def models(self) -> list[dict]:
         infos = [i for d in self.detectors.values() for i in d.infos()]
+        if self.heads is not None and not any(i.name == self.heads_net().info().name for i in infos):
+            infos.append(self.heads_net().info())
         if self.subjects is not None:
             infos.append(self.subjects.embedder().model_info())
         return [vars(licenses.license_of(i)) for i in infos]
@@ -142,13 +161,24 @@ class Anonymizer:
                 raise AnalysisFailed(f"detector {key!r} failed: {type(exc).__name__}: {msg}") from exc
             thr = float(d.threshold)
             for r in res:
-                r.data["confident"] = r.scores >= thr
+                # small_faces: small face candidates are masked below the threshold (anon_core/heads.py)
+                r.data["confident"] = (r.scores >= thr) | self.config.small_faces.promote(r)
             per_det.append(res)
+        persons = None
+        if self.heads is not None:
+            try:
+                persons = self.heads_net().detect(frames, work, tiles=self.heads.views == "tiles")
+            except Exception as exc:
+                raise AnalysisFailed(f"heads: person detector failed: {type(exc).__name__}: {exc}") from exc
         out = []
         for i, frame in enumerate(frames):
             merged = Detections.merge([r[i] for r in per_det])
             keep = np.isin(merged.labels.astype(str), self.classes) if len(merged) else np.zeros(0, bool)
             d = merged[keep]
+            if persons is not None:
+                p = persons[i][persons[i].labels == "person"] if len(persons[i]) else persons[i]
+                faces = d[(d.labels == "face") & d.data["confident"]] if len(d) else d
+                d = append_heads(d, heads_without_faces(p, faces, self.heads))
             for f in self.detection_filters:
                 try:
                     d = f(frame, d)

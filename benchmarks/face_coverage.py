@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
 import sys
 import time
 from pathlib import Path
@@ -29,6 +31,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from anon_core.boxes import scale_about_centre  # noqa: E402
+from anon_core.detections import Detections  # noqa: E402
 from anon_core.evaluation import load_jsonl  # noqa: E402
 from anon_core.evaluation.datasets import load_rgb  # noqa: E402
 
@@ -102,8 +106,185 @@ def cmd_detect(args: argparse.Namespace) -> None:
                                                                                         for a, b in t.items()}}))
 
 
-def cmd_score(args):
-    raise NotImplementedError
+GRID_MIN_SIDE = (0.0, 16.0, 20.0, 24.0)
+GRID_PAD = (0.0, 1.0, 2.0)
+SMALL_VARIANTS = {f"small_{t:g}_24": {"max_side": 24.0, "threshold": t} for t in (0.3, 0.4, 0.5)}
+HEAD_VARIANTS = {"heads_whole_0.5": {"views": "whole", "person_threshold": 0.5},
+                 "heads_whole_0.35": {"views": "whole", "person_threshold": 0.35},
+                 "heads_tiles_0.5": {"views": "tiles", "person_threshold": 0.5}}
+
+
+def _fold_of(files: list[str], k: int) -> np.ndarray:
+    """Stable fold per image (hash of the file name), independent of the order of the annotations."""
+    import hashlib
+
+    return np.array([int(hashlib.sha256(f.encode()).hexdigest()[:8], 16) % k for f in files])
+
+
+def _deface_mask(img: np.ndarray, dets: np.ndarray) -> np.ndarray:
+    from deface.deface import anonymize_frame
+
+    out = img.copy()
+    if len(dets):  # deface's CLI defaults: --mask-scale 1.3, --replacewith blur, ellipse on
+        anonymize_frame(np.asarray(dets, np.float64), out, mask_scale=1.3, replacewith="blur", ellipse=True,
+                        draw_scores=False, replaceimg=None, mosaicsize=20)
+    return out
+
+
+def _score_image(img, out, gt, protected_grown) -> dict:
+    from anon_core.evaluation.leak import leak_image, over_masking
+
+    r = leak_image(img, out, gt)
+    _, ch_fp, out_fp = over_masking(img, out, protected_grown)
+    side = np.minimum(gt.boxes[:, 2] - gt.boxes[:, 0], gt.boxes[:, 3] - gt.boxes[:, 1]) if len(gt.boxes) else \
+        np.zeros(0)
+    return {"side": side[r.evaluated], "leaked": r.leaked[r.evaluated], "changed": r.changed_outside,
+            "outside": r.pixels_outside, "changed_fp": ch_fp, "outside_fp": out_fp,
+            "masked": int((np.abs(img.astype(np.int16) - out.astype(np.int16)).max(2) > 10).sum()),
+            "pixels": int(img.shape[0] * img.shape[1])}
+
+
+def _summary(rows: list[dict]) -> dict:
+    from anon_core.evaluation.leak import SIZE_BANDS, band_name
+
+    side = np.concatenate([r["side"] for r in rows]) if rows else np.zeros(0)
+    leaked = np.concatenate([r["leaked"] for r in rows]).astype(bool) if rows else np.zeros(0, bool)
+    tot = {k: sum(r[k] for r in rows) for k in ("changed", "outside", "changed_fp", "outside_fp", "masked", "pixels")}
+    out = {"n_evaluated": int(len(side)), "n_leaked": int(leaked.sum()),
+           "leak_rate": float(leaked.mean()) if len(side) else None, "by_size": {}}
+    for lo, hi in SIZE_BANDS:
+        m = (side >= lo) & (side < hi)
+        out["by_size"][band_name(lo, hi)] = {"n_evaluated": int(m.sum()), "n_leaked": int(leaked[m].sum()),
+                                             "leak_rate": float(leaked[m].mean()) if m.any() else None}
+    out["over_masking"] = tot["changed"] / tot["outside"] if tot["outside"] else None
+    out["over_masking_fp"] = tot["changed_fp"] / tot["outside_fp"] if tot["outside_fp"] else None
+    out["masked_share"] = tot["masked"] / tot["pixels"] if tot["pixels"] else None
+    return out
+
+
+def _spread(values: list) -> dict:
+    v = [x for x in values if x is not None]
+    return {"mean": float(np.mean(v)), "min": float(np.min(v)), "max": float(np.max(v))} if v else {}
+
+
+def _pick(summaries: dict[str, dict], names: list[str], slack: float) -> str:
+    """Recall first: the variants whose leak is within `slack` of the best; of those, the least over-masking."""
+    best = min(summaries[n]["leak_rate"] for n in names)
+    near = [n for n in names if summaries[n]["leak_rate"] <= best + slack]
+    return min(near, key=lambda n: (summaries[n]["over_masking"], n))
+
+
+def cmd_score(args: argparse.Namespace) -> None:
+    from anon_core.config import AnonConfig
+    from anon_core.evaluation.groundtruth import GroundTruthImage
+    from anon_core.heads import HeadSettings, fit_geometry, heads_without_faces
+    from anon_core.masking import Masker, MaskSpec
+
+    t_start = time.perf_counter()
+    cache = np.load(args.cache)
+    gts = {g.file: g for g in load_jsonl(args.data)}
+    files = [str(f) for f in cache["files"]]
+    if args.limit:
+        files = files[: args.limit]
+    thr = float(cache["threshold"])
+    base = AnonConfig().masks["face"]
+    variants: dict[str, MaskSpec] = {}
+    for ms in GRID_MIN_SIDE:
+        for pad in GRID_PAD:
+            variants[f"grow_{ms:g}_{pad:g}"] = MaskSpec(base.operator, base.shape, base.scale, dict(base.params),
+                                                       min_side=ms, pad_px=pad)
+    folds = _fold_of(files, args.folds)
+    # head geometry: fitted on GT faces inside detected persons of each fold's training images (faces data only)
+    persons_all = [unpack(cache["persons"], cache["persons_off"], i) for i in range(len(files))]
+    geo_folds = {}
+    if args.kind == "faces":
+        for f in range(args.folds):
+            tr = [i for i in range(len(files)) if folds[i] != f]
+            geo_folds[f] = fit_geometry([gts[files[i]].boxes for i in tr],
+                                        [persons_all[i][persons_all[i][:, 5] == 1][:, :4] for i in tr])
+        geo_pooled = fit_geometry([gts[files[i]].boxes for i in range(len(files))],
+                                  [p[p[:, 5] == 1][:, :4] for p in persons_all])
+    else:
+        geo_pooled = {k: getattr(HeadSettings(), k) for k in ("centre_x", "top", "width", "height")}
+    per_image: dict[str, list] = {}
+    for i, name in enumerate(files):
+        gt = gts[name]
+        img = load_rgb(gt.path)
+        fd = unpack(cache["faces"], cache["faces_off"], i)
+        faces = Detections(fd[:, :4], fd[:, 4], np.full(len(fd), "face", object))
+        faces = faces[faces.scores >= thr] if len(faces) else faces
+        if args.kind == "faces":
+            face_gt = gt
+            protected = np.concatenate([gt.boxes, gt.ignore]).reshape(-1, 4)
+        else:  # persons: no face GT; over-masking counts pixels outside every person (and ignore) box
+            face_gt = GroundTruthImage(gt.file, gt.width, gt.height, np.zeros((0, 4)), np.zeros((0, 4)))
+            protected = np.concatenate([gt.boxes, gt.ignore]).reshape(-1, 4)
+        grown = scale_about_centre(protected, 1.3) if len(protected) else protected
+        scoring_gt = GroundTruthImage(gt.file, gt.width, gt.height, face_gt.boxes, protected)
+        outs = {}
+        for vname, spec in variants.items():
+            outs[vname] = Masker({"face": spec}).apply(img, faces)[0]
+        pd = persons_all[i]
+        chosen = variants[args.heads_mask]
+        for hname, hp in HEAD_VARIANTS.items():
+            geo = geo_folds.get(int(folds[i]), geo_pooled) if args.kind == "faces" else geo_pooled
+            hs = HeadSettings(enabled=True, **hp, **{k: geo[k] for k in ("centre_x", "top", "width", "height")})
+            p = pd[pd[:, 5] == (1 if hs.views == "tiles" else 0)]
+            persons = Detections(p[:, :4], p[:, 4], np.full(len(p), "person", object))
+            heads = heads_without_faces(persons, faces, hs)
+            both = Detections.merge([faces, heads])
+            outs[hname] = Masker({"face": chosen}).apply(img, both)[0]
+            per_image.setdefault(hname + "_n_heads", []).append(len(heads))
+        from anon_core.heads import SmallFaceSettings
+
+        all_faces = Detections(fd[:, :4], fd[:, 4], np.full(len(fd), "face", object))
+        for sname, sp in SMALL_VARIANTS.items():
+            sel = all_faces[(all_faces.scores >= thr) | SmallFaceSettings(**sp).promote(all_faces)] if len(fd) \
+                else all_faces
+            outs[sname] = Masker({"face": chosen}).apply(img, sel)[0]
+        outs["deface"] = _deface_mask(img, unpack(cache["deface"], cache["deface_off"], i))
+        for vname, out in outs.items():
+            per_image.setdefault(vname, []).append(_score_image(img, out, scoring_gt, grown))
+        if (i + 1) % 20 == 0:
+            print(f"[score] {i + 1}/{len(files)}", file=sys.stderr, flush=True)
+    names = [n for n in per_image if not n.endswith("_n_heads")]
+    pooled = {n: _summary(per_image[n]) for n in names}
+    for h in HEAD_VARIANTS:
+        pooled[h]["n_heads_masked"] = int(sum(per_image[h + "_n_heads"]))
+    report: dict = {"data": str(Path(args.data).resolve()), "kind": args.kind, "n_images": len(files),
+                    "face_threshold": thr, "cache": args.cache, "seconds_per_image_detect": json.loads(str(
+                        cache["seconds"])), "heads_mask": args.heads_mask,
+                    "head_geometry_pooled": geo_pooled, "head_geometry_folds": geo_folds, "pooled": pooled}
+    if args.kind == "faces":
+        grid = list(variants)
+        cv = []
+        for f in range(args.folds):
+            tr = [per_image[n] for n in grid]
+            train = {n: _summary([r for r, fo in zip(per_image[n], folds) if fo != f]) for n in grid}
+            test = {n: _summary([r for r, fo in zip(per_image[n], folds) if fo == f]) for n in names}
+            pick = _pick(train, grid, args.slack)
+            del tr
+            cv.append({"fold": f, "n_test_images": int((folds == f).sum()), "picked": pick,
+                       "test": {n: {"leak_rate": test[n]["leak_rate"], "leak_10_24": test[n]["by_size"]["10-24"][
+                           "leak_rate"], "over_masking": test[n]["over_masking"],
+                           "over_masking_fp": test[n]["over_masking_fp"]}
+                                for n in sorted({pick, "grow_0_0", "deface", *HEAD_VARIANTS, *SMALL_VARIANTS})}})
+        picks = [c["picked"] for c in cv]
+        sel = [c["test"][c["picked"]] for c in cv]
+        report["cv"] = {"folds": cv, "rule": f"lowest train over-masking among grid variants within {args.slack} of "
+                                             "the best train leak", "picked": picks,
+                        "test_of_picked": {k: _spread([s[k] for s in sel]) for k in sel[0]},
+                        "test_of_deface": {k: _spread([c["test"]["deface"][k] for c in cv]) for k in sel[0]},
+                        "test_of_no_growth": {k: _spread([c["test"]["grow_0_0"][k] for c in cv]) for k in sel[0]}}
+    report["seconds"] = round(time.perf_counter() - t_start, 1)
+    report["load_average"] = os.getloadavg()
+    report["machine"] = platform.processor() or platform.machine()
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=1, default=float))
+    short = {n: {"leak": round(v["leak_rate"], 4), "10-24": v["by_size"]["10-24"]["leak_rate"],
+                 "over": round(v["over_masking"], 4), "over_fp": round(v["over_masking_fp"], 4)}
+             for n, v in pooled.items()}
+    print(json.dumps({"out": args.out, "pooled": short, "cv_picked": report.get("cv", {}).get("picked")}))
 
 
 def main() -> None:
@@ -121,6 +302,9 @@ def main() -> None:
     s.add_argument("--folds", type=int, default=5)
     s.add_argument("--limit", type=int, default=0)
     s.add_argument("--kind", choices=("faces", "persons"), default="faces")
+    s.add_argument("--slack", type=float, default=0.002, help="CV pick: leak within this of the best, then least "
+                                                               "over-masking")
+    s.add_argument("--heads-mask", default="grow_0_0", help="mask variant the head variants are combined with")
     args = ap.parse_args()
     if args.cmd == "detect":
         cmd_detect(args)

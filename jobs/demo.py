@@ -25,21 +25,70 @@ def _exif_with_gps(orientation: int) -> bytes:
     return exif.tobytes()
 
 
+# Where the faces are, so a test can score every one of them in the anonymized output (tests/test_demo.py):
+# the astronaut's face measured by hand on the 512x512 photo (x1, y1, x2, y2; = tests/conftest.py ASTRONAUT_FACE),
+# the cameraman's on the 512x512 photo.
+ASTRONAUT_FACE = (175, 50, 275, 180)
+CAMERAMAN_FACE = (196, 112, 258, 198)
+HEAD_CROP = (120, 10, 330, 260)  # x1, y1, x2, y2 of the head-and-shoulders crop the collage and the clip paste
+
+
+def _face_in_crop(x: float, y: float, fx: float, fy: float) -> list[float]:
+    """The astronaut's face box after HEAD_CROP was resized by (fx, fy) and pasted with its corner at (x, y)."""
+    a, (cx, cy) = ASTRONAUT_FACE, HEAD_CROP[:2]
+    return [x + (a[0] - cx) * fx, y + (a[1] - cy) * fy, x + (a[2] - cx) * fx, y + (a[3] - cy) * fy]
+
+
+def collage_layout(size: tuple[int, int] = (1280, 720)) -> list[tuple[int, int, int, int]]:
+    """(x, y, width, height) of each pasted head crop: head widths 240 to 32 px (faces ~114 to ~15 px wide)."""
+    w, h = size
+    out, x = [], 20
+    cw, ch = HEAD_CROP[2] - HEAD_CROP[0], HEAD_CROP[3] - HEAD_CROP[1]
+    for side in (240, 170, 120, 84, 60, 44, 32):
+        hh = round(side * ch / cw)
+        out.append((x, h - hh - 40, side, hh))
+        x += side + 30
+    return out
+
+
+def collage_faces(size: tuple[int, int] = (1280, 720)) -> list[list[float]]:
+    cw, ch = HEAD_CROP[2] - HEAD_CROP[0], HEAD_CROP[3] - HEAD_CROP[1]
+    return [_face_in_crop(x, y, sw / cw, sh / ch) for x, y, sw, sh in collage_layout(size)]
+
+
 def collage(size: tuple[int, int] = (1280, 720)) -> np.ndarray:
-    """The astronaut's head and shoulders pasted at several sizes (faces ~12 to ~100 px) over a table scene."""
+    """The astronaut's head and shoulders pasted at several sizes (faces ~15 to ~114 px) over a table scene."""
     import cv2
     from skimage import data
 
     w, h = size
     bg = np.asarray(Image.fromarray(data.coffee()).resize((w, h))).copy()
-    head = data.astronaut()[10:260, 120:330]  # face with hair and collar, 210x250
-    x = 20
-    for side in (240, 170, 120, 84, 60, 44, 32):
-        crop = cv2.resize(head, (side, round(side * 250 / 210)), interpolation=cv2.INTER_AREA)
-        y = h - crop.shape[0] - 40
-        bg[y : y + crop.shape[0], x : x + side] = crop
-        x += side + 30
+    x1, y1, x2, y2 = HEAD_CROP
+    head = data.astronaut()[y1:y2, x1:x2]  # face with hair and collar, 210x250
+    for x, y, sw, sh in collage_layout(size):
+        bg[y : y + sh, x : x + sw] = cv2.resize(head, (sw, sh), interpolation=cv2.INTER_AREA)
     return bg
+
+
+CLIP_SIZE, CLIP_HEAD, CLIP_Y = (640, 360), (105, 125), 200
+
+
+def clip_x(i: int, n: int) -> int:
+    """Left edge of the head crop in frame i of the demo clip's n frames."""
+    return int(20 + (CLIP_SIZE[0] - 145) * i / max(n - 1, 1))
+
+
+def demo_faces(n_clip_frames: int = 75) -> dict[str, list]:
+    """Face boxes per demo image as displayed (orientation applied), and per frame of the clip."""
+    cw, ch = HEAD_CROP[2] - HEAD_CROP[0], HEAD_CROP[3] - HEAD_CROP[1]
+    fx, fy = CLIP_HEAD[0] / cw, CLIP_HEAD[1] / ch
+    return {
+        "people/astronaut_phone.jpg": [list(ASTRONAUT_FACE)],  # stored rotated; shown upright (Orientation=6)
+        "people/cameraman.png": [list(CAMERAMAN_FACE)],
+        "people/crowd_collage.jpg": collage_faces(),
+        "people/astronaut_walk.mp4": [[_face_in_crop(clip_x(i, n_clip_frames), CLIP_Y, fx, fy)]
+                                      for i in range(n_clip_frames)],
+    }
 
 
 def build(root: Path) -> list[Path]:
@@ -83,8 +132,9 @@ def write_demo_clip(path: Path, seconds: float = 3.0, fps: int = 25) -> None:
     import cv2
     from skimage import data
 
-    bg = np.asarray(Image.fromarray(data.coffee()).resize((640, 360))).copy()
-    head = cv2.resize(data.astronaut()[10:260, 120:330], (105, 125), interpolation=cv2.INTER_AREA)
+    bg = np.asarray(Image.fromarray(data.coffee()).resize(CLIP_SIZE)).copy()
+    x1, y1, x2, y2 = HEAD_CROP
+    head = cv2.resize(data.astronaut()[y1:y2, x1:x2], CLIP_HEAD, interpolation=cv2.INTER_AREA)
     n = int(seconds * fps)
     with av.open(str(path), "w") as oc:
         v = oc.add_stream("libx264", rate=fps, options={"crf": "20", "preset": "veryfast"})
@@ -94,8 +144,8 @@ def write_demo_clip(path: Path, seconds: float = 3.0, fps: int = 25) -> None:
         a.layout = "mono"
         for i in range(n):
             frame = bg.copy()
-            x = int(20 + (640 - 145) * i / max(n - 1, 1))
-            frame[200:325, x : x + 105] = head
+            x = clip_x(i, n)
+            frame[CLIP_Y : CLIP_Y + CLIP_HEAD[1], x : x + CLIP_HEAD[0]] = head
             vf = av.VideoFrame.from_ndarray(frame, format="rgb24")
             vf.pts = i
             oc.mux(v.encode(vf))

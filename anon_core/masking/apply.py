@@ -117,6 +117,8 @@ class Masker:
             lm = None
             if dets.landmarks is not None and dets.landmarks.ndim == 3:
                 lm = dets.landmarks[i] - [rx1, ry1]
+                if not np.isfinite(lm).all():  # a region without landmarks (a person's head, anon_core/heads.py)
+                    lm = None
             roi = out[ry1:ry2, rx1:rx2]
             new = op.apply(roi.copy(), mask, Region(local, lm, str(dets.labels[i])))
             if recorder is not None:
