@@ -177,7 +177,8 @@ def cut_slice(source, plan: SegmentPlan, seg: Segment, out_path: str) -> int:
 
 
 def segment_config(config, plan: SegmentPlan, seg: Segment):
-    """The config a segment is encoded with: an IDR exactly at the range start, no B-frames, no audio."""
+    """The config a segment is encoded with: an IDR exactly at the range start, no B-frames, no audio, every
+    frame re-encoded (no GOP copy)."""
     video = config.video
     enc = video.encoder_for(plan.family)
     lead = seg.start - seg.slice_start
@@ -187,8 +188,10 @@ def segment_config(config, plan: SegmentPlan, seg: Segment):
     opts = dict(enc.options)
     opts["x264-params"] = ":".join(p for p in (opts.get("x264-params"), *params) if p)
     encoders = {**video.encoders, plan.family: replace(enc, options=opts)}
+    # GOP copy off: the join gives the j-th packet of a range the j-th frame's timestamps (decode order =
+    # presentation order), which copied input GOPs with B-frames would break
     return replace(config, video=replace(video, encoders=encoders, keep_audio=False, faststart=False,
-                                         allowed_stream_kinds=()))
+                                         allowed_stream_kinds=(), gop_copy=False))
 
 
 class _SegmentAnonymizer:

@@ -4,9 +4,12 @@ Every path that masks a sequence of frames runs this one loop: video files (`ano
 the WebSocket stream (`jobs/service/stream.py`) and validation on video (`anon_core/evaluation/harness.py`).
 Per pushed batch it
 
-1. detects on every k-th frame (`video.detect_every_k`) through `Anonymizer.detect_or_mask`, down to the
-   candidate score for detectors whose candidates the tracker uses, under the `on_analysis_error` policy
-   (a frame whose analysis failed, and the frames interpolated from it, are masked whole);
+1. detects on every k-th frame (`video.detect_every_k`, times `video.roi_every` with adaptive detection)
+   through `Anonymizer.detect_or_mask`, down to the candidate score for detectors whose candidates the
+   tracker uses, under the `on_analysis_error` policy (a frame whose analysis failed, and the frames
+   interpolated from it, are masked whole). Adaptive detection (`video.keyframe_s`, anon_core/video/
+   adaptive.py): the full detector on keyframes, the face networks on crops around the live tracks on the
+   analysed frames between them; `verify()` checks the keyframe spacing too;
 2. hands the detections to the `MaskScheduler` (ByteTrack with weak tracks, look-ahead, lead/trail, gap
    fill), which releases frames once their masks are final, `lookahead` frames late;
 3. masks each released frame (`Anonymizer.mask`, with its mask hooks) and runs the residual check on the

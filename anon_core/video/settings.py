@@ -16,6 +16,11 @@ Encoder defaults (chosen for an archive pipeline where the encoder, not detectio
 
 Raise the CRF (smaller files, softer background) or pick a faster preset for throughput; the
 masked regions are unaffected by either, only the untouched background's fidelity changes.
+
+GOP copy (``gop_copy``, H.264 in MP4/MOV/MKV): GOPs in which nothing is masked are not encoded at all
+(their packets are copied; the coded picture is the input's, PSNR = inf); only runs of GOPs with masks
+go through x264 with the settings above, B-frames included (anon_core/video/gop.py). Quality of the
+unmasked picture per clip: benchmarks/video_fps.py (PSNR/SSIM outside the masked boxes).
 """
 
 from __future__ import annotations
@@ -56,7 +61,7 @@ class VideoSettings:
     lookahead_s / lead_s / trail_s / max_gap_s: the MaskScheduler windows in seconds (converted
         with the stream's average frame rate). The look-ahead is how many frames are held back.
     detect_every_k: run the detector on every k-th frame only; the tracker propagates boxes in
-        between. 1 (off) by default: measured recall drops on fast motion (benchmarks/video_leak.py).
+        between. 1 by default; with adaptive detection `roi_every` multiplies it (see below).
     mask_thresh: raw detections at or above this score are always masked in their own frame
         (used only for detectors that don't mark their own confident detections).
     candidate_score: detectors that support it also return weaker candidates down to this score;
