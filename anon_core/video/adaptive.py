@@ -182,7 +182,9 @@ def detect_regions(anonymizer: Any, frame: np.ndarray, rects: Sequence[Roi], cla
                    min_score: float | None, all_detectors: bool) -> Detections:
     """The detectors of `classes` on the crops of one frame, as one frame's detections (what
     `Anonymizer.detect` returns for a whole frame: `data["confident"]`, the policy's classes, the detection
-    filters run on the full frame). Any failure is AnalysisFailed, like a failed whole-frame detection."""
+    filters run on the full frame). Any failure is AnalysisFailed, like a failed whole-frame detection.
+    Person-conditioned heads (`heads.*`, off by default) need the person detector on the whole frame: they come
+    from keyframes only and are interpolated between them like plates."""
     h, w = frame.shape[:2]
     crops = [_crop(frame, r) for r in rects]
     parts = []
@@ -200,7 +202,8 @@ def detect_regions(anonymizer: Any, frame: np.ndarray, rects: Sequence[Roi], cla
         thr = float(det.threshold)
         for roi, crop, r in zip(rects, crops, res):
             r = _shifted(r, roi, crop.shape, w, h)
-            r.data["confident"] = r.scores >= thr
+            # the same rule as Anonymizer.detect, on frame-sized boxes (small_faces promotes small candidates)
+            r.data["confident"] = (r.scores >= thr) | anonymizer.config.small_faces.promote(r)
             parts.append(r)
     merged = Detections.merge(parts)
     keep = np.isin(merged.labels.astype(str), list(anonymizer.classes)) if len(merged) else np.zeros(0, bool)
