@@ -133,6 +133,19 @@ def test_roi_every_interpolates_between_analysed_frames():
     assert no_look.k == 1  # without adaptive detection every frame is analysed
 
 
+@pytest.mark.parametrize("n", [29, 30, 31, 77])
+def test_roi_every_tail_matches_the_verify_rule(n):
+    an = _anon(keyframe_s=0.25, roi_every=2)
+    s = FrameSession(an, 30, (320, 240))
+    frames = _scene(n)
+    out = []
+    for i in range(0, n, 8):
+        out += s.push(frames[i:i + 8])
+    out += s.flush()
+    s.verify()
+    assert [m.index for m in out] == list(range(n)) and s.last_key == n - 1
+
+
 def test_adaptive_new_face_between_keyframes_is_masked_back_to_its_start():
     """A square appearing right after a keyframe is only seen at the next one; the lead window covers it."""
     an = _anon(keyframe_s=0.25, lead_s=0.3)

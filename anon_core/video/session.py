@@ -254,6 +254,9 @@ class FrameSession:
         # towards: analyse them too rather than extrapolate into the end of the stream.
         tail = [i for i in sorted(self.pending) if i > self.last_pushed]
         if self.adaptive:
+            # the held-back frames: every k-th one, and all after the last k-th frame (expected_detected's rule)
+            last_kth = (self.frames_in - 1) // self.k * self.k
+            tail = [i for i in tail if i % self.k == 0 or i > last_kth]
             out, self.ready = self.ready, []
             for i in tail:  # with look-ahead, the last frame is a keyframe (a face entering at the end)
                 out += self._analyse(i, force_key=self.holdback and i == tail[-1])
