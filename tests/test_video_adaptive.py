@@ -90,6 +90,8 @@ def test_plan_rois_context_merge_align_and_scale():
     edge = plan_rois(np.array([[300, 220, 330, 250]]), 320, 240, context=2.0)
     assert all(0 <= r.x0 < r.x1 <= 320 and 0 <= r.y0 < r.y1 <= 240 for r in edge)
     assert plan_rois(np.array([[400, 300, 420, 320]]), 320, 240, context=2.0) == []  # predicted out of the picture
+    apart = plan_rois(np.array([[100, 100, 300, 300], [180, 180, 196, 196]]), 640, 480, context=2.0, face_px=64)
+    assert len(apart) == 2  # a big and a small face overlap but are searched at their own scales
     (big,) = plan_rois(np.array([[0, 0, 160, 160]]), 640, 480, context=2.0, face_px=64)
     assert big.scale == pytest.approx(0.4) and roi_cost([big]) < 0.2 * (big.x1 - big.x0) * (big.y1 - big.y0)
 

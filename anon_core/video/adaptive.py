@@ -33,6 +33,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from anon_core.boxes import nms
 from anon_core.detections import Detections
 from anon_core.detectors.base import SharedWork
 from anon_core.media.errors import AnalysisFailed
@@ -94,8 +95,8 @@ class Roi:
 def plan_rois(boxes: np.ndarray, width: int, height: int, context: float, face_px: float = 0.0,
               min_side: int = 48, align: int = 32) -> list[Roi]:
     """Crops around the boxes: `context` x the box's larger side (at least `min_side`), merged while any two
-    overlap, sides rounded up to `align` pixels (fewer distinct network input shapes); a crop whose box is
-    larger than `face_px` (0: off) is analysed downscaled so that the box is about `face_px`."""
+    of similar scale overlap, sides rounded up to `align` pixels (fewer distinct network input shapes); a crop
+    whose box is larger than `face_px` (0: off) is analysed downscaled so that the box is about `face_px`."""
     rects: list[list[float]] = []
     for x0, y0, x1, y1 in np.asarray(boxes, np.float64).reshape(-1, 4):
         big = max(x1 - x0, y1 - y0)
@@ -112,6 +113,10 @@ def plan_rois(boxes: np.ndarray, width: int, height: int, context: float, face_p
         for i in range(len(rects)):
             for j in range(i + 1, len(rects)):
                 a, b = rects[i], rects[j]
+                # crops of very different scales stay apart (overlapping: duplicates are suppressed after
+                # detection); merged, the big face's crop would be searched at the small face's scale
+                if max(a[4], b[4]) > 1.5 * min(a[4], b[4]):
+                    continue
                 if a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]:
                     # the finer scale of the two: the smaller face decides
                     rects[i] = [min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3]), max(a[4], b[4])]
@@ -206,6 +211,11 @@ def detect_regions(anonymizer: Any, frame: np.ndarray, rects: Sequence[Roi], cla
             r.data["confident"] = (r.scores >= thr) | anonymizer.config.small_faces.promote(r)
             parts.append(r)
     merged = Detections.merge(parts)
+    if len(rects) > 1 and len(merged) > 1:  # one face seen by two overlapping crops: keep the better view
+        labels = merged.labels.astype(str)
+        rows = [np.flatnonzero(labels == c)[nms(merged.xyxy[labels == c], merged.scores[labels == c], 0.5)]
+                for c in np.unique(labels)]
+        merged = merged[np.sort(np.concatenate(rows))]
     keep = np.isin(merged.labels.astype(str), list(anonymizer.classes)) if len(merged) else np.zeros(0, bool)
     d = merged[keep]
     for f in anonymizer.detection_filters:

@@ -237,6 +237,7 @@ class GopWriter:
         if not sps or not pps or {parameter_set_id(n) for n in sps + pps} != {self.sps_id}:
             raise RuntimeError("x264 did not produce parameter sets under the requested id")
         self._extradata = bytes(ctx.extradata)
+        self._spare = ctx  # opened, nothing encoded yet: the first run's encoder (an x264 start costs ~0.1 s)
         return sps, pps
 
     # -- frames in
@@ -338,7 +339,7 @@ class GopWriter:
 
     def _encode_frame(self, frame: av.VideoFrame, pts: int) -> None:
         if self.run is None:
-            self.run = self._new_encoder()
+            self.run, self._spare = self._spare or self._new_encoder(), None
             self.fed: deque[int] = deque()  # pts fed to the run, in order: its packets' dts, in decode order
             if bytes(self.run.extradata) != self._extradata:
                 raise RuntimeError("x264 parameter sets changed between runs")
