@@ -10,7 +10,7 @@ import numpy as np
 from anon_core.detections import Detections
 from anon_core.detectors.base import Detector, SharedWork, register_detector
 from anon_core.detectors.face_models import FACE_MODELS
-from anon_core.detectors.multiview import fuse, plan_views, run_views
+from anon_core.detectors.multiview import fuse_evidence, plan_views, run_views
 from anon_core.weights import ModelInfo
 
 
@@ -35,6 +35,9 @@ class FaceDetector(Detector):
         upscale_model: str | None = None,
         upscale_weights: str | None = None,
         score_fusion: str = "noisy_or",
+        rotations: Sequence[int] = (),
+        verifier: str | None = None,
+        verify_min: float = 0.1,
         batch_size: int = 8,
         device: str = "auto",
         precision: str = "auto",
@@ -60,6 +63,19 @@ class FaceDetector(Detector):
         if score_fusion not in ("noisy_or", "max"):
             raise ValueError("score_fusion must be noisy_or or max")
         self.upscale_max_face, self.score_fusion = float(upscale_max_face), score_fusion
+        # Quarter turns of the native views: lying and upside-down faces (benchmarks/RESULTS.md, issue 15).
+        self.rotations = tuple(int(k) % 4 for k in rotations if int(k) % 4)
+        # The cascade's second stage (face_cascade.py): candidates fused at >= verify_min are re-scored by the
+        # verifier, whose probability is what `threshold` cuts; weaker candidates keep their fused score (all
+        # below verify_min <= threshold), so they stay candidates for the tracker and are never masked alone.
+        self.verifier = verifier or None
+        self.verify_min = float(verify_min)
+        if self.verifier:
+            from anon_core.detectors.face_cascade import load_params
+
+            self._verifier_params = load_params(self.verifier)  # a bad name fails when the detector is built
+            if self.verify_min > self.threshold:
+                raise ValueError("verify_min must be <= threshold (unverified candidates must stay below it)")
 
     def load(self) -> None:
         nets = {}
@@ -69,6 +85,11 @@ class FaceDetector(Detector):
         # The upscaled views hunt small faces only; a cheaper network can do that job (see models/*.md).
         up = self.upscale_model
         self._upscale = nets.get(up) or FACE_MODELS[up](weights=self._upscale_weights, **self._net_args)
+        self._crop_nets = {}
+        if self.verifier:
+            for n in self._verifier_params.crop_nets:
+                have = nets.get(n) or (self._upscale if n == up else None)
+                self._crop_nets[n] = have or FACE_MODELS[n](**self._net_args)
 
     @property
     def native_nets(self) -> list:
@@ -86,6 +107,7 @@ class FaceDetector(Detector):
 
     def model_infos(self) -> list[ModelInfo]:
         nets = [*self._native, *([] if self._upscale in self._native else [self._upscale])]
+        nets += [n for n in self._crop_nets.values() if n not in nets]
         return [n.info() for n in nets]
 
     def params(self) -> dict:
@@ -99,6 +121,9 @@ class FaceDetector(Detector):
             "models": list(self.model_names),
             "upscale_model": self.upscale_model,
             "score_fusion": self.score_fusion,
+            "rotations": list(self.rotations),
+            "verifier": self.verifier,
+            "verify_min": self.verify_min,
         }
 
     def predict(self, frames: Sequence[np.ndarray], min_score: float, work: SharedWork) -> list[Detections]:
@@ -107,7 +132,7 @@ class FaceDetector(Detector):
         threshold = min_score
         views = []
         for i, f in enumerate(frames):
-            views += plan_views(f.shape[:2], i, self.scales, self.max_side, self.flip, self.tile_size)
+            views += plan_views(f.shape[:2], i, self.scales, self.max_side, self.flip, self.tile_size, self.rotations)
         cand = min(self.candidate_threshold, self.threshold)
         native = [v for v in views if v.scale <= 1]
         upscaled = [v for v in views if v.scale > 1]
@@ -119,13 +144,21 @@ class FaceDetector(Detector):
                     per_frame[i].extend(parts)
         out = []
         for i, f in enumerate(frames):
-            d = fuse(per_frame.get(i, []), self.fuse_iou, f.shape[1], f.shape[0], "face", self.upscale_max_face,
-                     self.score_fusion)
+            d, evidence, rot = fuse_evidence(per_frame.get(i, []), self.fuse_iou, f.shape[1], f.shape[0], "face",
+                                             self.upscale_max_face, self.score_fusion)
+            if self.verifier and len(d):
+                d = self._verify(f, d, evidence, rot)
             keep = d.scores >= threshold
             if self.min_size:
                 keep &= d.wh.min(axis=1) >= self.min_size
             out.append(d[keep])
         return out
+
+    def _verify(self, frame: np.ndarray, d: Detections, evidence: dict, rot: np.ndarray) -> Detections:
+        from anon_core.detectors.face_cascade import verify
+
+        scores = verify(frame, d, evidence, rot, self._verifier_params, self._crop_nets, self.verify_min)
+        return Detections(d.xyxy, scores, d.labels, landmarks=d.landmarks)
 
 
 @register_detector("face")
