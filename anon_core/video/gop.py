@@ -212,6 +212,9 @@ class GopWriter:
         w, h = self.reader.stored_size
         ctx.width, ctx.height, ctx.pix_fmt = w, h, self.enc.pix_fmt
         ctx.time_base = self.time_base
+        rate = self.reader.rate
+        if rate.denominator < 100_000:  # as the plain writer does: x264's rate control reads the frame rate
+            ctx.framerate = rate
         ctx.thread_count = self.enc.threads
         ctx.flags |= 1 << 22  # AV_CODEC_FLAG_GLOBAL_HEADER: parameter sets out of band (in the avcC)
         src = self.reader.plan.video.codec_context
