@@ -93,8 +93,9 @@ def detector_models(name: str, params: dict) -> list[tuple[str, str]] | None:
     def face_models() -> list[str]:
         m = params.get("model", ["centerface", "retinaface"])
         names = [m] if isinstance(m, str) else list(m)
-        up = params.get("upscale_model")
-        return [n for n in dict.fromkeys([*names, *([up] if up else [])]) if n in CARDS] or ["retinaface"]
+        up = params.get("upscale_model") or []
+        ups = [up] if isinstance(up, str) else list(up)  # one network or several (detector=archive)
+        return [n for n in dict.fromkeys([*names, *ups]) if n in CARDS] or ["retinaface"]
 
     keys = {
         "face": face_models,

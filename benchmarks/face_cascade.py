@@ -416,9 +416,12 @@ def cmd_stage1(args) -> None:
     gts = load_jsonl(args.data)[: args.limit or None]
     cached = load_views(args.data, len(gts))
     targets = [float(t) for t in args.targets.split(",")]
+    only = [n for n in args.only.split(";") if n]
     out_f = ROOT / "benchmarks" / "results" / "face_cascade_stage1.json"
     report = json.loads(out_f.read_text()) if out_f.exists() else {}
     for name, views in STAGE1.items():
+        if only and name not in only:
+            continue
         if any(v not in c for c in cached for v in views):
             print("skip (not cached):", name)
             continue
@@ -437,7 +440,7 @@ def cmd_stage1(args) -> None:
             print(f"{name:36s} P>={t:g}: held-out recall {h['recall']['mean']:.4f}±{h['recall']['std']:.3f} "
                   f"precision {h['precision']['mean']:.4f}±{h['precision']['std']:.3f} thr {cv['chosen_threshold']:.3f}"
                   f" all {json.dumps(cv['all'])}", flush=True)
-        report[name] = row
+        report[name if args.cand == 0.1 else f"{name} (views decoded at {args.cand:g})"] = row
     out_f.write_text(json.dumps(report, indent=1))
 
 
@@ -529,6 +532,7 @@ def main() -> None:
     a.add_argument("--cand", type=float, default=0.1)
     a.add_argument("--folds", type=int, default=5)
     a.add_argument("--targets", default="0.8,0.9")
+    a.add_argument("--only", default="", help="';'-separated names of STAGE1 to run")
     a.add_argument("--limit", type=int, default=0)
     args = ap.parse_args()
     cmds = {"stage1": cmd_stage1, "live": cmd_live, "views": cmd_views, "features": cmd_features, "fit": cmd_fit}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 
@@ -86,3 +87,27 @@ def test_verifier_plumbing_with_a_trained_model(tmp_path, astronaut):
     assert np.allclose(det.detect([astronaut])[0].scores, d.scores[d.scores >= 0.5])
     with pytest.raises(ValueError, match="not found"):
         create_detector("face", verifier="no_such_verifier")
+
+
+def test_archive_preset_loads_and_runs_both_networks_on_the_2x_view(astronaut):
+    from jobs.config import load_config
+
+    p = load_config(["detector=archive"]).detectors["face"].params
+    assert p["upscale_model"] == ["retinaface", "centerface"] and "verifier" not in p
+    det = create_detector("face", **p)
+    assert det.upscale_models == ["retinaface", "centerface"]
+    assert {i.name.split("-")[0] for i in det.infos()} == {"centerface", "retinaface"}
+    small = cv2.resize(astronaut, (256, 256), interpolation=cv2.INTER_AREA)  # a 50 px face: the 2x views see it
+    d = det.detect([small])[0]
+    assert _best_iou(d, np.array(ASTRONAUT_FACE) / 2) > 0.5
+    # one key of it through --set like any other, and the rotations knob it documents
+    turned = load_config(["detector=archive", "detectors.face.params.rotations=[1,2,3]"]).detectors["face"].params
+    assert create_detector("face", **turned).rotations == (1, 2, 3)
+
+
+def test_archive_licenses_name_both_networks():
+    from anon_core.licenses import detector_models
+    from jobs.config import load_config
+
+    p = load_config(["detector=archive"]).detectors["face"].params
+    assert {k for k, _ in detector_models("face", p)} == {"centerface", "retinaface"}

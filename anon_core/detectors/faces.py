@@ -32,7 +32,7 @@ class FaceDetector(Detector):
         min_size: float = 0.0,
         fuse_iou: float = 0.4,
         upscale_max_face: float = 48.0,
-        upscale_model: str | None = None,
+        upscale_model: str | Sequence[str] | None = None,
         upscale_weights: str | None = None,
         score_fusion: str = "noisy_or",
         rotations: Sequence[int] = (),
@@ -46,10 +46,13 @@ class FaceDetector(Detector):
         # `model` may name several networks: each runs the native views and their evidence is fused
         # (an ensemble of two different detectors misses fewer faces than either).
         names = [model] if isinstance(model, str) else list(model)
-        unknown = [n for n in [*names, upscale_model or names[0]] if n not in FACE_MODELS]
-        if unknown or not names:
+        # `upscale_model` may name several too (archive: both networks on the 2x view as well).
+        ups = [upscale_model] if isinstance(upscale_model, str) else list(upscale_model or names[:1])
+        unknown = [n for n in [*names, *ups] if n not in FACE_MODELS]
+        if unknown or not names or not ups:
             raise ValueError(f"unknown face model(s) {unknown}; known: {sorted(FACE_MODELS)}")
-        self.model_names, self.upscale_model = names, upscale_model or names[0]
+        self.model_names, self.upscale_models = names, ups
+        self.upscale_model = ups[0]
         self._net_args = {"device": device, "precision": precision, "threads": threads}
         self._weights, self._upscale_weights = weights, upscale_weights
         self.threshold = float(threshold)
@@ -83,13 +86,15 @@ class FaceDetector(Detector):
             nets[n] = FACE_MODELS[n](weights=self._weights if i == 0 else None, **self._net_args)
         self._native = list(nets.values())
         # The upscaled views hunt small faces only; a cheaper network can do that job (see models/*.md).
-        up = self.upscale_model
-        self._upscale = nets.get(up) or FACE_MODELS[up](weights=self._upscale_weights, **self._net_args)
+        ups = {}
+        for i, n in enumerate(self.upscale_models):
+            ups[n] = nets.get(n) or FACE_MODELS[n](weights=self._upscale_weights if i == 0 else None, **self._net_args)
+        self._upscale_all = list(ups.values())
+        self._upscale = self._upscale_all[0]
         self._crop_nets = {}
         if self.verifier:
             for n in self._verifier_params.crop_nets:
-                have = nets.get(n) or (self._upscale if n == up else None)
-                self._crop_nets[n] = have or FACE_MODELS[n](**self._net_args)
+                self._crop_nets[n] = nets.get(n) or ups.get(n) or FACE_MODELS[n](**self._net_args)
 
     @property
     def native_nets(self) -> list:
@@ -106,7 +111,7 @@ class FaceDetector(Detector):
         return self.native_nets[0]
 
     def model_infos(self) -> list[ModelInfo]:
-        nets = [*self._native, *([] if self._upscale in self._native else [self._upscale])]
+        nets = [*self._native, *(n for n in self._upscale_all if n not in self._native)]
         nets += [n for n in self._crop_nets.values() if n not in nets]
         return [n.info() for n in nets]
 
@@ -119,7 +124,7 @@ class FaceDetector(Detector):
             "tile_size": self.tile_size,
             "upscale_max_face": self.upscale_max_face,
             "models": list(self.model_names),
-            "upscale_model": self.upscale_model,
+            "upscale_model": self.upscale_model if len(self.upscale_models) == 1 else list(self.upscale_models),
             "score_fusion": self.score_fusion,
             "rotations": list(self.rotations),
             "verifier": self.verifier,
@@ -137,7 +142,8 @@ class FaceDetector(Detector):
         native = [v for v in views if v.scale <= 1]
         upscaled = [v for v in views if v.scale > 1]
         per_frame: dict[int, list] = defaultdict(list)
-        runs = [(net, native) for net in self.native_nets] + [(self.upscale_net, upscaled)]
+        self.ensure_loaded()
+        runs = [(net, native) for net in self.native_nets] + [(net, upscaled) for net in self._upscale_all]
         for net, vs in runs:
             if vs:
                 for i, parts in run_views(net, frames, vs, cand, self.batch_size).items():
