@@ -481,7 +481,8 @@ def cmd_live(args) -> None:
             det.ensure_loaded()
             dets, t0 = [], time.perf_counter()
             for pth in paths:
-                dets.extend(det.detect([_image(str(pth))]))
+                # down to the candidate threshold, so AP covers the whole curve; recall etc. are cut at `t`
+                dets.extend(det.detect([_image(str(pth))], min_score=params.get("candidate_threshold", 0.1)))
             sec = (time.perf_counter() - t0) / len(paths)
             t = params["threshold"]
         row = {"ms_per_image_wall": round(sec * 1000, 1), **metrics(list(zip(gts, dets)), t), "n_images": len(gts)}
