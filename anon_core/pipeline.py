@@ -150,19 +150,25 @@ class Anonymizer:
         """
         per_det = []
         work = SharedWork()  # shared views (NanoDet for persons and plates) for this batch only
+        small = self.config.small_faces  # small face candidates masked below the threshold (anon_core/heads.py)
         for key, d in self.detectors.items():
             floor = min_score if all_detectors or d.track_candidates else None
+            thr = float(d.threshold)
+            # the rule needs the detector's candidates down to its own threshold, whatever the caller asked for
+            ask = floor
+            if small.max_side > 0 and "face" in d.classes and small.threshold < (thr if floor is None else floor):
+                ask = small.threshold
             try:
-                res = d.detect(frames, min_score=floor, work=work)
+                res = d.detect(frames, min_score=ask, work=work)
                 if len(res) != len(frames):  # a result list that doesn't line up would leave frames unchecked
                     raise RuntimeError(f"returned {len(res)} results for {len(frames)} frames")
             except Exception as exc:
                 msg = str(exc).splitlines()[0][:200] if str(exc) else ""
                 raise AnalysisFailed(f"detector {key!r} failed: {type(exc).__name__}: {msg}") from exc
-            thr = float(d.threshold)
-            for r in res:
-                # small_faces: small face candidates are masked below the threshold (anon_core/heads.py)
-                r.data["confident"] = (r.scores >= thr) | self.config.small_faces.promote(r)
+            for j, r in enumerate(res):
+                r.data["confident"] = (r.scores >= thr) | small.promote(r)
+                if ask != floor:  # asked lower only for the rule: return what the caller asked for, plus the rule's
+                    res[j] = r[r.data["confident"] | (r.scores >= (thr if floor is None else floor))]
             per_det.append(res)
         persons = None
         if self.heads is not None:

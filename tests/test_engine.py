@@ -12,6 +12,7 @@ from anon_core.audit import AuditRecord
 from anon_core.config import AnonConfig, DetectorSpec
 from anon_core.detections import Detections
 from anon_core.detectors import Detector, SharedWork, available_detectors, create_detector, register_detector
+from anon_core.heads import SmallFaceSettings
 from anon_core.masking import MaskSpec, available_operators
 from anon_core.media.errors import AnalysisFailed
 from anon_core.pipeline import Anonymizer
@@ -110,7 +111,8 @@ def test_shared_work_is_per_frame_and_per_key():
 
 
 def test_only_tracked_detectors_are_asked_for_candidates():
-    an = _anon(params={"score": 0.3})
+    # small_faces off: that rule asks face detectors down to its own threshold on purpose (tests/test_heads.py)
+    an = _anon(params={"score": 0.3}, small_faces=SmallFaceSettings(max_side=0))
     s = FrameSession(an, 10, (64, 48))
     out = s.push(_frames(3)) + s.flush()
     # _Box does not declare track_candidates: its sub-threshold boxes are neither asked for nor masked

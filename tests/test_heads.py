@@ -32,8 +32,30 @@ def test_persons_with_a_face_keep_their_head():
 
 def test_small_face_rule():
     d = Detections([[0, 0, 12, 14], [0, 0, 40, 50], [0, 0, 12, 14]], [0.45, 0.45, 0.3], ["face", "face", "face"])
-    assert SmallFaceSettings().promote(d).tolist() == [False, False, False]  # off by default
+    assert SmallFaceSettings(max_side=0).promote(d).tolist() == [False, False, False]  # off
     assert SmallFaceSettings(max_side=24, threshold=0.4).promote(d).tolist() == [True, False, False]
+    assert SmallFaceSettings().promote(d).tolist() == [True, False, True]  # default: < 24 px at >= 0.3
+
+
+def test_small_face_rule_in_the_pipeline():
+    """Without min_score the pipeline returns what it masks: confident faces plus the rule's small candidates. The
+    demo collage's smallest face (15 px, busy background) scores under the threshold and is kept only by the rule."""
+    from anon_core.boxes import iou_matrix
+    from anon_core.config import AnonConfig
+    from anon_core.pipeline import Anonymizer
+    from jobs.demo import collage, collage_faces
+
+    img, smallest = collage(), np.array([collage_faces()[-1]])
+    on = Anonymizer(AnonConfig.from_dict({"policy": "faces"}))
+    off = Anonymizer(AnonConfig.from_dict({"policy": "faces", "small_faces": {"max_side": 0}}))
+    thr = on.detectors["face"].threshold
+    low = off.detect([img], min_score=0.05, all_detectors=True)[0]
+    d_on, d_off = on.detect([img])[0], off.detect([img])[0]
+    assert (d_off.scores >= thr).all() and d_on.data["confident"].all()
+    side = np.minimum(low.wh[:, 0], low.wh[:, 1])
+    want = (low.scores >= thr) | ((side < 24) & (low.scores >= 0.3))
+    assert len(d_on) == int(want.sum()) and len(d_off) == int((low.scores >= thr).sum())
+    assert iou_matrix(smallest, d_on.xyxy).max() > 0.5 and (iou_matrix(smallest, d_off.xyxy).max(initial=0) < 0.5)
 
 
 @pytest.fixture(scope="module")
