@@ -195,7 +195,7 @@ def cmd_score(args: argparse.Namespace) -> None:
     files = [str(f) for f in cache["files"]]
     if args.limit:
         files = files[: args.limit]
-    thr = float(cache["threshold"])
+    thr = float(cache["threshold"]) if args.threshold is None else float(args.threshold)
     base = AnonConfig().masks["face"]
     variants: dict[str, MaskSpec] = {}
     for ms in GRID_MIN_SIDE:
@@ -209,6 +209,8 @@ def cmd_score(args: argparse.Namespace) -> None:
                 combos[f"combo_{t:g}_{ms:g}_{pad:g}"] = (t, MaskSpec(base.operator, base.shape, base.scale,
                                                                      dict(base.params), min_side=ms, pad_px=pad))
         variants = {}
+        if args.only:
+            combos = {k: v for k, v in combos.items() if k in args.only.split(",")}
     folds = _fold_of(files, args.folds)
     # head geometry: fitted on GT faces inside detected persons of each fold's training images (faces data only)
     persons_all = [unpack(cache["persons"], cache["persons_off"], i) for i in range(len(files))]
@@ -338,6 +340,8 @@ def main() -> None:
     s.add_argument("--kind", choices=("faces", "persons"), default="faces")
     s.add_argument("--slack", type=float, default=0.002, help="CV pick: leak within this of the best, then least "
                                                                "over-masking")
+    s.add_argument("--threshold", type=float, default=None, help="face threshold (default: the cached detector's)")
+    s.add_argument("--only", default="", help="with --combos: only these combinations (comma-separated)")
     s.add_argument("--combos", action="store_true", help="only the small-face rule x growth grid (CV over it)")
     s.add_argument("--budget", type=float, default=None, help="CV pick: over_masking_fp at most this")
     s.add_argument("--heads-mask", default="grow_0_0", help="mask variant the head variants are combined with")
