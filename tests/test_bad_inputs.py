@@ -69,8 +69,17 @@ def _check_ok(rel: str, case: Case, row: dict, out: Path, src: Path) -> list[str
                 errs.append(f"{rel}: known face not masked")
     elif row["media_type"] == "video":
         v = extra.get("video", {})
-        if v.get("frames_detected") != row["frames"]:
-            errs.append(f"{rel}: {v.get('frames_detected')} of {row['frames']} frames went through detection")
+        # every frame, or with adaptive detection (the default) every roi_every-th plus the tail; the engine's
+        # verify() refuses anything else, this checks it independently from the config
+        k = v.get("detect_every_k", 1)
+        every = v.get("analysed_every", k)
+        if every not in (k, k * AnonConfig().video.roi_every) or (every != k and not v.get("adaptive")):
+            errs.append(f"{rel}: analysed every {every} frames with detect_every_k={k}")
+        n = row["frames"] or 0
+        expected = (n + every - 1) // every + ((n - 1) % every if n else 0)
+        if v.get("frames_detected") != expected:
+            errs.append(f"{rel}: {v.get('frames_detected')} of {row['frames']} frames went through detection "
+                        f"(expected {expected})")
         with av.open(str(target)) as c:
             frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
         if len(frames) != row["frames"]:

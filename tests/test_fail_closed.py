@@ -152,11 +152,17 @@ def test_detector_returning_too_few_results_fails(tmp_path):
         an.detect([np.zeros((8, 8, 3), np.uint8)] * 2)
 
 
+# The per-frame error policy is checked with full detection on every frame (video.keyframe_s=0); with adaptive
+# detection (the default) a frame between keyframes may be interpolated, so a detector never sees its pixels:
+# test_adaptive_* below check the same policy on the frames the detectors do see.
+FULL = {"keyframe_s": 0}
+
+
 def test_video_detector_error_fails_asset_and_cleans_up(tmp_path, private_tmp):
     src = tmp_path / "in"
     src.mkdir()
     _clip(src / "v.mp4", marked=(9,))
-    cfg = _config(params={"fail_marked": True})
+    cfg = _config(params={"fail_marked": True}, video=FULL)
     s = run(str(src), str(tmp_path / "out"), cfg, progress=False)
     r = s.records[0]
     assert r.status == "failed" and r.error_code == "analysis_error", r.error
@@ -170,7 +176,7 @@ def test_video_detector_error_mask_frame(tmp_path, pipelining):
     src.mkdir()
     _clip(src / "v.mp4", marked=(4, 5))
     cfg = _config(params={"fail_marked": True}, on_analysis_error="mask_frame",
-                  video={"pipelining": pipelining, "batch_size": 4})
+                  video={"pipelining": pipelining, "batch_size": 4, **FULL})
     s = run(str(src), str(tmp_path / "out"), cfg, progress=False)
     r = s.records[0]
     assert r.status == "ok", r.error
@@ -193,7 +199,7 @@ def test_video_mask_frame_covers_interpolated_frames(tmp_path):
     src = tmp_path / "in"
     src.mkdir()
     _clip(src / "v.mp4", marked=(6,))
-    cfg = _config(params={"fail_marked": True}, on_analysis_error="mask_frame", video={"detect_every_k": 3})
+    cfg = _config(params={"fail_marked": True}, on_analysis_error="mask_frame", video={"detect_every_k": 3, **FULL})
     r = run(str(src), str(tmp_path / "out"), cfg, progress=False).records[0]
     assert r.status == "ok", r.error
     grey = [i for i, f in enumerate(_frames(tmp_path / "out" / "v.mp4")) if _is_grey(f)]
@@ -214,9 +220,30 @@ def test_video_frame_that_skipped_detection_is_never_published(tmp_path, monkeyp
     src = tmp_path / "in"
     src.mkdir()
     _clip(src / "v.mp4")
-    r = run(str(src), str(tmp_path / "out"), _config(), progress=False).records[0]
+    r = run(str(src), str(tmp_path / "out"), _config(video=FULL), progress=False).records[0]
     assert r.status == "failed" and "frames analysed, expected" in r.error
     assert not (tmp_path / "out" / "v.mp4").exists()
+
+
+@pytest.mark.parametrize("policy", ["fail", "mask_frame"])
+def test_adaptive_detector_error_on_a_keyframe(tmp_path, policy):
+    """Adaptive detection (the default): the first frame is always a keyframe, seen whole by the detector; its
+    failure fails the asset (fail) or greys exactly that frame (mask_frame), never publishes it as it is."""
+    src = tmp_path / "in"
+    src.mkdir()
+    _clip(src / "v.mp4", marked=(0,))
+    r = run(str(src), str(tmp_path / "out"), _config(params={"fail_marked": True}, on_analysis_error=policy),
+            progress=False).records[0]
+    assert r.extra.get("video", {}).get("adaptive") is not None or r.status == "failed"
+    if policy == "fail":
+        assert r.status == "failed" and r.error_code == "analysis_error", r.error
+        assert not (tmp_path / "out" / "v.mp4").exists()
+        return
+    assert r.status == "ok", r.error
+    assert r.extra["video"]["adaptive"]["keyframes"] >= 1
+    grey = [i for i, f in enumerate(_frames(tmp_path / "out" / "v.mp4")) if _is_grey(f)]
+    # the failed keyframe and the frames interpolated from it (analysed every roi_every-th frame), nothing else
+    assert grey == list(range(len(grey))) and 1 <= len(grey) <= AnonConfig().video.roi_every, grey
 
 
 # -- time limits
@@ -277,7 +304,7 @@ def test_stream_workdir_private_and_removed(tmp_path, private_tmp):
     _clip(src / "ok.mp4")
     _clip(src / "bad.mp4", marked=(3,))
     (src / "cut.mp4").write_bytes((src / "ok.mp4").read_bytes()[:4000])
-    an = Anonymizer(_config(params={"fail_marked": True, "spy": True}))
+    an = Anonymizer(_config(params={"fail_marked": True, "spy": True}, video=FULL))
     from anon_core.runner import process_asset
     from anon_core.storage import filesystem
 

@@ -262,6 +262,8 @@ def anonymize_video(anonymizer, source, out_path: str, media, rec, deadline: Dea
             "packets_copied": writer.packets_copied,
             "gop_copy": "on" if reader.gops is not None else (gop_refused or "off"),
             "frames_detected": session.frames_detected,
+            # every analysed_every-th frame (and the tail) went through the detectors; the others were interpolated
+            "analysed_every": session.configured_k,
             "detect_every_k": settings.detect_every_k,
             "adaptive": session.adaptive_report() if session.adaptive else None,
             "batch_size": settings.batch_size,
