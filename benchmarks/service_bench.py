@@ -17,7 +17,6 @@ import io
 import json
 import os
 import secrets
-import socket
 import statistics
 import subprocess
 import sys
@@ -30,6 +29,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from jobs.service.child import start_serve  # noqa: E402 (after the path insert)
 
 
 def frame_720p(width: int, height: int, shift: int = 0, quality: int = 85) -> bytes:
@@ -57,28 +58,11 @@ def pct(values: list[float], q: float) -> float | None:
 
 
 def start_server(key: str, workers: int, policy: str, extra_sets: list[str]) -> tuple[subprocess.Popen, str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "ANON_API_KEYS": key}
-    cmd = [sys.executable, "-m", "jobs.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
-           "--workers", str(workers), "--set", f"policy={policy}", *sum((["--set", x] for x in extra_sets), [])]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env)
-    url = f"http://127.0.0.1:{port}"
-    import httpx
-
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"server exited with {proc.returncode}")
-        try:
-            if httpx.get(url + "/healthz", timeout=2).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.25)
-    proc.terminate()
-    raise SystemExit("server did not start within 240 s")
+    args = ["--workers", str(workers), "--set", f"policy={policy}", *sum((["--set", x] for x in extra_sets), [])]
+    try:
+        return start_serve(args, {"ANON_API_KEYS": key})
+    except RuntimeError as exc:
+        raise SystemExit(str(exc)) from None
 
 
 def bench_requests(url: str, key: str, body: bytes, clients: int, duration_s: float) -> dict:
