@@ -158,13 +158,7 @@ class Anonymizer:
             ask = floor
             if small.max_side > 0 and "face" in d.classes and small.threshold < (thr if floor is None else floor):
                 ask = small.threshold
-            try:
-                res = d.detect(frames, min_score=ask, work=work)
-                if len(res) != len(frames):  # a result list that doesn't line up would leave frames unchecked
-                    raise RuntimeError(f"returned {len(res)} results for {len(frames)} frames")
-            except Exception as exc:
-                msg = str(exc).splitlines()[0][:200] if str(exc) else ""
-                raise AnalysisFailed(f"detector {key!r} failed: {type(exc).__name__}: {msg}") from exc
+            res = self.call_detector(key, d, frames, ask, work)
             for j, r in enumerate(res):
                 r.data["confident"] = (r.scores >= thr) | small.promote(r)
                 if ask != floor:  # asked lower only for the rule: return what the caller asked for, plus the rule's
@@ -178,20 +172,39 @@ class Anonymizer:
                 raise AnalysisFailed(f"heads: person detector failed: {type(exc).__name__}: {exc}") from exc
         out = []
         for i, frame in enumerate(frames):
-            merged = Detections.merge([r[i] for r in per_det])
-            keep = np.isin(merged.labels.astype(str), self.classes) if len(merged) else np.zeros(0, bool)
-            d = merged[keep]
+            d = self.policy_classes(Detections.merge([r[i] for r in per_det]))
             if persons is not None:
                 p = persons[i][persons[i].labels == "person"] if len(persons[i]) else persons[i]
                 faces = d[(d.labels == "face") & d.data["confident"]] if len(d) else d
                 d = append_heads(d, heads_without_faces(p, faces, self.heads))
-            for f in self.detection_filters:
-                try:
-                    d = f(frame, d)
-                except Exception as exc:  # a filter that cannot decide must not let a frame through unchecked
-                    raise AnalysisFailed(f"detection filter failed: {type(exc).__name__}: {exc}") from exc
-            out.append(d)
+            out.append(self.filter_detections(frame, d))
         return out
+
+    def call_detector(self, key: str, det: Detector, frames: Sequence[np.ndarray], min_score: float | None,
+                      work: SharedWork, where: str = "") -> list[Detections]:
+        """One detector over frames (or crops, `where=" on a region"`); any failure, or a result list that does
+        not line up with the frames (it would leave some unchecked), is AnalysisFailed."""
+        try:
+            res = det.detect(frames, min_score=min_score, work=work)
+            if len(res) != len(frames):
+                raise RuntimeError(f"returned {len(res)} results for {len(frames)} frames")
+        except Exception as exc:
+            msg = str(exc).splitlines()[0][:200] if str(exc) else ""
+            raise AnalysisFailed(f"detector {key!r} failed{where}: {type(exc).__name__}: {msg}") from exc
+        return res
+
+    def policy_classes(self, d: Detections) -> Detections:
+        """Only the detections of the policy's classes."""
+        return d[np.isin(d.labels.astype(str), self.classes)] if len(d) else d[np.zeros(0, bool)]
+
+    def filter_detections(self, frame: np.ndarray, d: Detections) -> Detections:
+        """The detection filters, in order, on one frame's merged detections."""
+        for f in self.detection_filters:
+            try:
+                d = f(frame, d)
+            except Exception as exc:  # a filter that cannot decide must not let a frame through unchecked
+                raise AnalysisFailed(f"detection filter failed: {type(exc).__name__}: {exc}") from exc
+        return d
 
     def detect_or_mask(self, frames: Sequence[np.ndarray], min_score: float | None = None, *,
                        all_detectors: bool = False) -> tuple[list[Detections], list[bool]]:

@@ -36,7 +36,6 @@ import numpy as np
 from anon_core.boxes import nms
 from anon_core.detections import Detections
 from anon_core.detectors.base import SharedWork
-from anon_core.media.errors import AnalysisFailed
 
 THUMB_W = 64  # thumbnail width for the scene-cut test: cheap, and blind to noise and small motion
 
@@ -197,13 +196,7 @@ def detect_regions(anonymizer: Any, frame: np.ndarray, rects: Sequence[Roi], cla
         if not crops or not set(det.classes) & classes:
             continue
         floor = min_score if all_detectors or det.track_candidates else None
-        try:
-            res = det.detect(crops, min_score=floor, work=SharedWork())
-            if len(res) != len(crops):
-                raise RuntimeError(f"returned {len(res)} results for {len(crops)} crops")
-        except Exception as exc:
-            msg = str(exc).splitlines()[0][:200] if str(exc) else ""
-            raise AnalysisFailed(f"detector {key!r} failed on a region: {type(exc).__name__}: {msg}") from exc
+        res = anonymizer.call_detector(key, det, crops, floor, SharedWork(), " on a region")
         thr = float(det.threshold)
         for roi, crop, r in zip(rects, crops, res):
             r = _shifted(r, roi, crop.shape, w, h)
@@ -216,11 +209,4 @@ def detect_regions(anonymizer: Any, frame: np.ndarray, rects: Sequence[Roi], cla
         rows = [np.flatnonzero(labels == c)[nms(merged.xyxy[labels == c], merged.scores[labels == c], 0.5)]
                 for c in np.unique(labels)]
         merged = merged[np.sort(np.concatenate(rows))]
-    keep = np.isin(merged.labels.astype(str), list(anonymizer.classes)) if len(merged) else np.zeros(0, bool)
-    d = merged[keep]
-    for f in anonymizer.detection_filters:
-        try:
-            d = f(frame, d)
-        except Exception as exc:  # a filter that cannot decide must not let a frame through unchecked
-            raise AnalysisFailed(f"detection filter failed: {type(exc).__name__}: {exc}") from exc
-    return d
+    return anonymizer.filter_detections(frame, anonymizer.policy_classes(merged))
