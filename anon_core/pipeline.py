@@ -124,6 +124,8 @@ class Anonymizer:
         out = {f"{k}.threshold": float(d.threshold) for k, d in self.detectors.items()}
         if self.subjects is not None:
             out["subjects.threshold"] = self.subjects.threshold
+            if self.config.subjects.mode == "keep":
+                out["subjects.keep_threshold"] = float(self.config.subjects.keep_threshold)
         return out
 
     def candidate_classes(self) -> set[str]:

@@ -65,11 +65,11 @@ class Cache:
     def wrap_detect(self, an: Anonymizer) -> None:
         real = an.detect
 
-        def detect(frames, min_score=None):
-            keys = [_key(f, str(min_score).encode()) for f in frames]
+        def detect(frames, min_score=None, *, all_detectors=False):
+            keys = [_key(f, f"{min_score}/{all_detectors}".encode()) for f in frames]
             miss = [i for i, k in enumerate(keys) if k not in self.det]
             if miss:
-                for i, d in zip(miss, real([frames[i] for i in miss], min_score)):
+                for i, d in zip(miss, real([frames[i] for i in miss], min_score, all_detectors=all_detectors)):
                     self.det[keys[i]] = d
             return [self.det[k][np.arange(len(self.det[k]))] for k in keys]  # copies
 

@@ -71,6 +71,23 @@ class FaceEmbedder:
         return out
 
 
+def sharpness(rgb: np.ndarray, box) -> float:
+    """Variance of the Laplacian of the face crop resized to 64x64: a blur measure that does not grow with size.
+
+    keep mode leaves no face visible below `subjects.keep_min_sharpness`: a blurred face's embedding drifts
+    towards the average face, where strangers match too (benchmarks/subjects_keep.py).
+    """
+    import cv2
+
+    x1, y1, x2, y2 = (int(round(float(v))) for v in box)
+    crop = rgb[max(0, y1):max(y1 + 1, y2), max(0, x1):max(x1 + 1, x2)]
+    if not crop.size:
+        return 0.0
+    g = cv2.cvtColor(cv2.resize(np.ascontiguousarray(crop), (64, 64), interpolation=cv2.INTER_AREA),
+                     cv2.COLOR_RGB2GRAY)
+    return float(cv2.Laplacian(g, cv2.CV_64F).var())
+
+
 def distances(emb: np.ndarray, refs: np.ndarray) -> np.ndarray:
     """(N,) smallest Euclidean distance of each embedding to any reference (inf for unusable faces)."""
     if not len(emb):

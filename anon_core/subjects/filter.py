@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from anon_core.detections import Detections
-from anon_core.subjects.embedder import FaceEmbedder, distances
+from anon_core.subjects.embedder import FaceEmbedder, distances, sharpness
 from anon_core.subjects.settings import SubjectSettings
 
 log = logging.getLogger(__name__)
@@ -89,40 +89,65 @@ class SubjectFilter:
         return SubjectSession(self)
 
     def report(self) -> dict:
-        return {"mode": self.settings.mode, "references": len(self.refs), "threshold": self.threshold}
+        s = self.settings
+        out = {"mode": s.mode, "references": len(self.refs), "threshold": self.threshold}
+        if s.mode == "keep":
+            out.update(keep_threshold=float(s.keep_threshold), keep_min_face_px=float(s.keep_min_face_px),
+                       keep_min_sharpness=float(s.keep_min_sharpness))
+        return out
 
 
 class SubjectSession:
-    """One asset's decisions: in video a face's verdict follows its track's mean distance so far.
+    """One asset's decisions: in video a face's verdict follows its track's evidence so far.
 
     A single frame's embedding of a small, blurred or turned face is noisy (per-frame false non-match
     2.7 % at the calibrated threshold on face_video); the running mean over the track's frames removes
     almost all of those errors (benchmarks/subjects.py). Faces too small to embed, with no track
     evidence yet, count as undecided and are masked in both modes (fail closed).
+
+    `keep` is the mode where a false match is a privacy failure (a stranger left visible), and same-session
+    bystanders (crowds, audiences) are the hard impostors: there a face may only be the subject when it is
+    at least `keep_min_face_px` and `keep_min_sharpness` (other faces neither count as evidence nor stay
+    visible: small and blurred faces drift towards the average face, where strangers match) and the running
+    mean of its track's such faces is within `keep_threshold`, stricter than `threshold`
+    (benchmarks/subjects_keep.py). The mean is re-checked on every frame, so a track whose later faces
+    disagree is masked again.
     """
 
     def __init__(self, f: SubjectFilter) -> None:
         self.filter = f
-        self.tracks: dict[int, list[float]] = {}  # track id -> [sum of distances, frames]
+        s = f.settings
+        self.keep = s.mode == "keep"
+        self.limit = float(s.keep_threshold) if self.keep else f.threshold
+        self.min_px = float(s.keep_min_face_px) if self.keep else 0.0
+        self.min_sharp = float(s.keep_min_sharpness) if self.keep else 0.0
+        self.tracks: dict[int, list[float]] = {}  # track id -> [sum of distances, frames of evidence]
         self.masked = self.visible = self.undecided = 0
 
     def verdicts(self, rgb: np.ndarray, boxes: np.ndarray, track_ids: np.ndarray | None) -> np.ndarray:
         """Per face: 1 subject, 0 not the subject, -1 undecided."""
         _, dist = self.filter.match(rgb, boxes)
+        boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+        good = np.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]) >= self.min_px
+        if self.min_sharp > 0:
+            good &= np.array([sharpness(rgb, b) >= self.min_sharp if ok else False for b, ok in zip(boxes, good)], bool)
         tids = track_ids if track_ids is not None else np.full(len(boxes), -1)
         out = np.full(len(boxes), -1, np.int8)
         for i, (tid, d) in enumerate(zip(tids, dist)):
             tid = int(tid)
+            usable = bool(np.isfinite(d) and good[i])
             if tid >= 0:
                 st = self.tracks.setdefault(tid, [0.0, 0])
-                if np.isfinite(d):
+                if usable:
                     st[0] += float(d)
                     st[1] += 1
                 mean = st[0] / st[1] if st[1] else np.inf
-            else:
-                mean = float(d)
-            if np.isfinite(mean):
-                out[i] = 1 if mean <= self.filter.threshold else 0
+            else:  # a still image (or a frame checked alone): this face is all the evidence there is
+                mean = float(d) if usable else np.inf
+            if self.keep and not good[i]:
+                out[i] = 0  # too small or blurred to be sure of anyone: never left visible
+            elif np.isfinite(mean):
+                out[i] = 1 if mean <= self.limit else 0
         return out
 
     def select(self, rgb: np.ndarray, dets: Detections) -> Detections:

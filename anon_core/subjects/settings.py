@@ -6,6 +6,11 @@ from dataclasses import dataclass, field
 
 # Calibrated on ../shared/data/face_video by 5-fold cross-validation (benchmarks/subjects.py, RESULTS.md).
 DEFAULT_THRESHOLD = 0.6
+# keep mode (a false match leaves a stranger visible), chosen by leave-one-clip-out CV against bystanders
+# (benchmarks/subjects_keep.py, RESULTS.md "subjects.keep against bystanders")
+KEEP_THRESHOLD = 0.52
+KEEP_MIN_FACE_PX = 24.0
+KEEP_MIN_SHARPNESS = 80.0
 
 
 @dataclass
@@ -13,6 +18,10 @@ class SubjectSettings:
     """redact_only: mask only the faces that match one of these reference photos (every other face stays).
     keep: leave the faces that match these photos visible and mask every other face.
     threshold: largest embedding distance that counts as the same person (dlib ResNet, Euclidean).
+    keep_threshold, keep_min_face_px, keep_min_sharpness: what `keep` needs before it leaves a face visible:
+    the face's shorter side >= keep_min_face_px px and its sharpness (embedder.sharpness) >= keep_min_sharpness,
+    and the running mean distance of the track's faces that pass both within keep_threshold (stricter than
+    threshold: there a false match leaves a stranger visible). Faces that fail are masked in keep mode.
     Only one of redact_only / keep may be set. Reference photos must each show one clear face (the largest
     face found is used). Embeddings stay in memory: they are never written to the audit or logs.
     """
@@ -20,6 +29,9 @@ class SubjectSettings:
     redact_only: list[str] = field(default_factory=list)
     keep: list[str] = field(default_factory=list)
     threshold: float = DEFAULT_THRESHOLD
+    keep_threshold: float = KEEP_THRESHOLD
+    keep_min_face_px: float = KEEP_MIN_FACE_PX
+    keep_min_sharpness: float = KEEP_MIN_SHARPNESS
     label: str = "face"
 
     def __post_init__(self) -> None:
@@ -29,6 +41,10 @@ class SubjectSettings:
             raise ValueError("subjects.redact_only and subjects.keep cannot both be set")
         if not 0.0 < float(self.threshold) < 2.0:
             raise ValueError("subjects.threshold must be in (0, 2)")
+        if not 0.0 < float(self.keep_threshold) < 2.0:
+            raise ValueError("subjects.keep_threshold must be in (0, 2)")
+        if float(self.keep_min_face_px) < 0 or float(self.keep_min_sharpness) < 0:
+            raise ValueError("subjects.keep_min_face_px and subjects.keep_min_sharpness must be >= 0")
 
     @property
     def enabled(self) -> bool:
