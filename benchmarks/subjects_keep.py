@@ -248,6 +248,19 @@ def by_identity(f: Faces, p: dict) -> dict:
     return out
 
 
+def track_summary(f: Faces) -> list[dict]:
+    """Per track: size, sharpness and median distance to each identity's block-0 references (no embeddings)."""
+    out = []
+    for j in range(len(f.tracks)):
+        m = f.track == j
+        med = {s: round(float(np.median(f.d[s, 0][m][np.isfinite(f.d[s, 0][m])])), 3) for s in f.identities}
+        out.append({"clip": str(f.clip[m][0]), "labelled": bool(f.labelled[m][0]), "observations": int(m.sum()),
+                    "median_side_px": round(float(np.median(f.side[m])), 1),
+                    "median_sharpness": round(float(np.median(f.sharp[m])), 1),
+                    "median_distance_block0": med, "nearest_block0": min(med, key=med.get)})
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--face-video", type=Path, default=ROOT.parent / "shared/data/face_video")
@@ -268,6 +281,7 @@ def main() -> int:
         cv["final_by_identity_block0"] = by_identity(f, final)
         res["families"][fam] = cv
     res["previous_default_t0.6_by_identity_block0"] = by_identity(f, {"t": 0.6})
+    res["track_summary"] = track_summary(f)
     line = json.dumps(res)
     if args.out:
         args.out.write_text(line + "\n")
