@@ -56,6 +56,14 @@ def initializers_as_constants(model: bytes) -> bytes:
     return m.SerializeToString()
 
 
+def spin_enabled() -> bool:
+    """Whether onnxruntime's pool threads busy-wait between ops (ANON_ORT_SPIN=1, onnxruntime's own default).
+
+    Off by default: on 2 cores spinning doubled the CPU per 720p image and lost wall time even on an idle machine
+    (p50 315 vs 272 ms), and far more beside other work (RESULTS.md, "onnxruntime thread spinning")."""
+    return os.environ.get("ANON_ORT_SPIN", "0") == "1"
+
+
 def make_session(model: bytes, device: str = "auto", threads: int = 0) -> ort.InferenceSession:
     kind = check_device(device)
     model = initializers_as_constants(model)
@@ -72,6 +80,7 @@ def make_session(model: bytes, device: str = "auto", threads: int = 0) -> ort.In
     if threads:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin_enabled() else "0")
     providers: list = pick_providers(device)
     if providers[0] == "CUDAExecutionProvider" and str(device).startswith("cuda:"):
         providers[0] = ("CUDAExecutionProvider", {"device_id": int(str(device)[5:])})
