@@ -23,7 +23,7 @@ setup: $(STAMP) $(MODELS_STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev,s3,gpu,validate,audio,audio-speakers,asr,ray,service,openvino,yolo-deps,subjects]'
+	$(PY) -m pip install -q -e '.[dev,s3,gpu,validate,audio,audio-speakers,asr,tts,ray,service,openvino,yolo-deps,subjects]'
 	# ultralytics (the yolo detector, tests/test_yolo.py) declares GUI opencv-python, which would replace the headless
 	# 4.x cv2: its other dependencies come from the yolo-deps extra above.
 	$(PY) -m pip install -q --no-deps ultralytics==8.4.190

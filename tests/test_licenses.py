@@ -31,7 +31,7 @@ def test_every_card_names_source_license_input_and_a_card_file():
     root = Path(__file__).resolve().parents[1] / "models"
     for card in licenses.CARDS.values():
         assert card.package and card.input and card.accuracy
-        assert card.license in (*PERMISSIVE, "AGPL-3.0"), card
+        assert card.license in (*PERMISSIVE, "AGPL-3.0", "GPL-3.0-or-later"), card
         assert (root / card.card).exists(), card.card
         assert card.license in (root / card.card).read_text(), f"{card.card} does not state {card.license}"
 
@@ -145,3 +145,13 @@ def test_voice_models_are_gated_too():
         Anonymizer(cfg)
     cfg.audio.speakers = "single"  # silero (MIT) only
     assert list(Anonymizer(cfg).detectors) == ["face"]
+
+
+def test_resynth_needs_its_gpl_synthesizer_allowed():
+    from anon_core.licenses import audio_models, check_audio
+
+    cfg = AnonConfig.from_dict({"audio": {"method": "resynth", "speakers": "single"}})
+    assert audio_models(cfg.audio) == ["silero_vad", "whisper_base", "espeak_ng"]  # no diarization
+    with pytest.raises(ModelLicenseError, match="espeak_ng.*GPL-3.0-or-later"):
+        check_audio(cfg.audio, cfg.models.allow_licenses)  # the permissive default refuses it
+    check_audio(cfg.audio, [*cfg.models.allow_licenses, "GPL-3.0-or-later"])

@@ -15,6 +15,7 @@ import numpy as np
 from anon_core.audio import io as audio_io
 from anon_core.audio.bleep import transcript_ranges
 from anon_core.audio.ranges import apply_ranges, parse_ranges
+from anon_core.audio.resynth import resynthesize
 from anon_core.audio.settings import AudioSettings
 from anon_core.audio.speakers import AudioConfigError, diarize
 from anon_core.audio.targets import asset_seed, draw_target, load_key, speaker_rng
@@ -112,6 +113,7 @@ def anonymize_waveform(samples: np.ndarray, sample_rate: int, settings: AudioSet
     y = x.copy()
     speech: list[tuple[float, float]] = []
     turns: list[tuple[float, float, str]] = []
+    ranges = [(float(a), float(b)) for a, b in settings.mute_ranges] + list(mute_ranges or [])
     if method != "none" and n > 0:
         t0 = time.perf_counter()
         mono = x.mean(axis=0)
@@ -119,22 +121,34 @@ def anonymize_waveform(samples: np.ndarray, sample_rate: int, settings: AudioSet
                                           settings.min_silence_s)
         speech = _merge(segs, settings.pad_s, duration)
         timings["vad"] = (time.perf_counter() - t0) * 1000
+        report["vad"] = vad_backend
         t0 = time.perf_counter()
-        turns, spk_backend = diarize(to_rate(mono, sr), speech, settings.speakers,
-                                     threshold=settings.speaker_threshold, max_speakers=settings.max_speakers,
-                                     pyannote_model=settings.pyannote_model)
-        timings["speakers"] = (time.perf_counter() - t0) * 1000
-        report.update(vad=vad_backend, speaker_backend=spk_backend)
-        t0 = time.perf_counter()
-        y = _transform_turns(x, sr, turns, method, settings, key, asset_id)
+        if method == "resynth":
+            # one voice for everyone, so no diarization; muted words are never spoken (and silenced below too)
+            out, found = resynthesize(mono, sr, settings, ranges, speech)
+            y = np.repeat(out[None], x.shape[0], axis=0)
+            turns = [(p.start, p.end, "synthetic") for p in found]
+            level_spans = [(p.start, p.end) for p in found]
+            report.update(speaker_backend="none (resynth)", phrases=len(found),
+                          words_spoken=sum(len(p.text.split()) for p in found))
+        else:
+            turns, spk_backend = diarize(to_rate(mono, sr), speech, settings.speakers,
+                                         threshold=settings.speaker_threshold, max_speakers=settings.max_speakers,
+                                         pyannote_model=settings.pyannote_model)
+            timings["speakers"] = (time.perf_counter() - t0) * 1000
+            report["speaker_backend"] = spk_backend
+            t0 = time.perf_counter()
+            y = _transform_turns(x, sr, turns, method, settings, key, asset_id)
+            if settings.nonspeech_gain_db != 0.0:
+                y *= _speech_gain(n, sr, speech, settings.nonspeech_gain_db)[None]
+            level_spans = speech
         timings["transform"] = (time.perf_counter() - t0) * 1000
-        if settings.nonspeech_gain_db != 0.0:
-            y *= _speech_gain(n, sr, speech, settings.nonspeech_gain_db)[None]
-        if settings.speech_level_dbfs < 0:
-            gain = _level_gain(y, sr, speech, settings.speech_level_dbfs)
+        # resynth always fixes the level (a synthetic voice has no recording level to keep)
+        level = settings.speech_level_dbfs if settings.speech_level_dbfs < 0 or method != "resynth" else -26.0
+        if level < 0:
+            gain = _level_gain(y, sr, level_spans, level)
             y *= gain
             report["level_gain_db"] = round(20 * np.log10(max(gain, 1e-9)), 2)
-    ranges = [(float(a), float(b)) for a, b in settings.mute_ranges] + list(mute_ranges or [])
     muted = apply_ranges(y, sr, ranges, settings.mute_mode, settings.beep_hz) if ranges else 0.0
     labels = sorted({t[2] for t in turns})
     report.update(speech_s=round(sum(b - a for a, b in speech), 3), speech_segments=len(speech),

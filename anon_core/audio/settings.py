@@ -12,6 +12,11 @@ Defaults (measured with benchmarks/voice_privacy.py and voice_eer.py; see models
   (26 -> 44.5 %).
   Piecewise warp, formant drift and envelope flattening are available but off (no gain over these at equal WER;
   envelope_flatten=0.7 with the old ranges is the robust lighter choice, see RESULTS.md).
+- method ``resynth`` (opt-in: its synthesizer, eSpeak NG, is GPL-3.0-or-later, outside the permissive default
+  ``models.allow_licenses``): Whisper base recognises the words, eSpeak NG speaks them again in one fixed voice,
+  each phrase in the time span it had, silence elsewhere, speech at a fixed level. Every speaker comes out as the
+  same voice (issue 21, measured in benchmarks/RESULTS.md); prosody,
+  background and non-English speech are lost, and Whisper's errors are spoken. Fails closed without either model.
 - targets ``random`` per asset unless a key is set (env var ``key_env``): then the target of a speaker is
   derived from HMAC(key, speaker id) and the same speaker id maps to the same voice in every asset.
 - speech only: VAD (silero ONNX) finds speech; non-speech is kept (``nonspeech_gain_db`` = 0) or
@@ -25,7 +30,7 @@ from typing import Literal, get_args
 
 from anon_core.schema import SchemaError, check_choices
 
-Method = Literal["world", "mcadams", "pitch", "none"]
+Method = Literal["resynth", "world", "mcadams", "pitch", "none"]
 VadBackend = Literal["auto", "silero", "webrtc", "energy", "none"]
 SpeakerBackend = Literal["auto", "single", "resemblyzer", "pyannote"]
 METHODS: tuple[str, ...] = get_args(Method)
@@ -39,7 +44,9 @@ class AudioSettings:
 
     enabled: transform voices in audio files (False: decode/re-encode only, i.e. audio passes through).
     anonymize_video_audio: also transform the audio tracks of videos (off: the video code copies them bit-exact).
-    method: world | mcadams | pitch (plain pitch shift, a weak baseline kept for comparison) | none.
+    method: resynth (recognise the words, speak them again in one synthetic voice: anon_core/audio/resynth.py) |
+        world | mcadams | pitch (plain pitch shift, a weak baseline kept for comparison) | none.
+    tts_voice: method resynth: the eSpeak NG voice every speaker is replaced by (the same for all assets).
     vad: auto (silero, else webrtc, else energy) | silero | webrtc | energy | none (treat everything as speech).
     vad_threshold: speech probability threshold for silero.
     pad_s: seconds added on both sides of each speech segment before transforming.
@@ -77,6 +84,7 @@ class AudioSettings:
     enabled: bool = True
     anonymize_video_audio: bool = False
     method: Method = "world"
+    tts_voice: str = "en-us"
     vad: VadBackend = "auto"
     vad_threshold: float = 0.5
     pad_s: float = 0.2
@@ -131,7 +139,8 @@ class AudioSettings:
 
     def public_params(self) -> dict:
         """The parameters that go into the audit (everything that shapes the output; never the key)."""
-        keys = ("method", "vad", "vad_threshold", "pad_s", "nonspeech_gain_db", "speech_level_dbfs", "speakers",
+        keys = ("method", "tts_voice", "vad", "vad_threshold", "pad_s", "nonspeech_gain_db", "speech_level_dbfs",
+                "speakers",
                 "key_scope", "f0_range_hz", "min_shift_semitones", "formant_range", "mcadams_range", "eq_db",
                 "eq_terms", "warp_pieces", "warp_knots", "formant_drift", "drift_hz", "envelope_flatten",
                 "pitch_semitones", "mute_mode",

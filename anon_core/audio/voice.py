@@ -246,11 +246,11 @@ def world_convert(an: WorldAnalysis, target: VoiceTarget, src_median_f0: float) 
         sp = sp * eq_curve(sp.shape[1], target.eq)[None]
     ap = np.clip(_warp_bins(an.ap, src_bins, log=False), 0.0, 1.0)
     y = pw.synthesize(f0, np.ascontiguousarray(sp), np.ascontiguousarray(ap), an.sr, an.frame_period)
-    y = _fit_length(y, an.n)
+    y = fit_length(y, an.n)
     return y
 
 
-def _fit_length(y: np.ndarray, n: int) -> np.ndarray:
+def fit_length(y: np.ndarray, n: int) -> np.ndarray:
     if len(y) >= n:
         return y[:n]
     return np.pad(y, (0, n - len(y)))
@@ -265,11 +265,11 @@ def pitch_shift(x: np.ndarray, sr: int, semitones: float) -> np.ndarray:
     if semitones == 0 or len(x) == 0:
         return x.astype(np.float32)
     ratio = 2.0 ** (semitones / 12.0)
-    stretched = _phase_vocoder_stretch(x, ratio)
+    stretched = time_stretch(x, ratio)
     # resample by 1/ratio with a rational approximation (duration back to the input's, pitch up by ratio)
     num, den = _rational(1.0 / ratio)
     y = resample_poly(stretched, num, den)
-    return _match_rms(_fit_length(y, len(x)), x)
+    return _match_rms(fit_length(y, len(x)), x)
 
 
 def _rational(v: float, max_den: int = 200) -> tuple[int, int]:
@@ -279,7 +279,7 @@ def _rational(v: float, max_den: int = 200) -> tuple[int, int]:
     return f.numerator, f.denominator
 
 
-def _phase_vocoder_stretch(x: np.ndarray, rate: float, n_fft: int = 1024, hop: int = 256) -> np.ndarray:
+def time_stretch(x: np.ndarray, rate: float, n_fft: int = 1024, hop: int = 256) -> np.ndarray:
     """Time-stretch by `rate` (>1 longer) with a phase vocoder (phase propagation per bin)."""
     _, _, z = stft(x, nperseg=n_fft, noverlap=n_fft - hop, boundary="zeros")
     n_frames = z.shape[1]
