@@ -15,7 +15,7 @@ import numpy as np
 from anon_core.audio import io as audio_io
 from anon_core.audio.bleep import transcript_ranges
 from anon_core.audio.ranges import apply_ranges, parse_ranges
-from anon_core.audio.resynth import resynthesize
+from anon_core.audio.resynth import active_level_gain, resynthesize
 from anon_core.audio.settings import AudioSettings
 from anon_core.audio.speakers import AudioConfigError, diarize
 from anon_core.audio.targets import asset_seed, draw_target, load_key, speaker_rng
@@ -128,7 +128,6 @@ def anonymize_waveform(samples: np.ndarray, sample_rate: int, settings: AudioSet
             out, found = resynthesize(mono, sr, settings, ranges, speech)
             y = np.repeat(out[None], x.shape[0], axis=0)
             turns = [(p.start, p.end, "synthetic") for p in found]
-            level_spans = [(p.start, p.end) for p in found]
             report.update(speaker_backend="none (resynth)", phrases=len(found),
                           words_spoken=sum(len(p.text.split()) for p in found))
         else:
@@ -141,12 +140,13 @@ def anonymize_waveform(samples: np.ndarray, sample_rate: int, settings: AudioSet
             y = _transform_turns(x, sr, turns, method, settings, key, asset_id)
             if settings.nonspeech_gain_db != 0.0:
                 y *= _speech_gain(n, sr, speech, settings.nonspeech_gain_db)[None]
-            level_spans = speech
         timings["transform"] = (time.perf_counter() - t0) * 1000
         # resynth always fixes the level (a synthetic voice has no recording level to keep)
         level = settings.speech_level_dbfs if settings.speech_level_dbfs < 0 or method != "resynth" else -26.0
         if level < 0:
-            gain = _level_gain(y, sr, level_spans, level)
+            # resynth: the level of the synthesized frames only; over the phrase spans it would follow how much
+            # of each span the speaker left silent (a speaker cue, RESULTS.md issue 21)
+            gain = active_level_gain(y[0], sr, level) if method == "resynth" else _level_gain(y, sr, speech, level)
             y *= gain
             report["level_gain_db"] = round(20 * np.log10(max(gain, 1e-9)), 2)
     muted = apply_ranges(y, sr, ranges, settings.mute_mode, settings.beep_hz) if ranges else 0.0

@@ -24,8 +24,7 @@ from anon_core.audio.speakers import AudioConfigError
 from anon_core.audio.vad import to_rate
 from anon_core.audio.voice import fit_length, time_stretch
 
-_GAP_S = 0.3  # a pause at least this long between two words starts a new phrase
-_MAX_PHRASE_S = 12.0
+_MAX_PHRASE_S = 30.0  # Whisper's window
 _BASE_WPM = 165
 _TRIM = 0.02  # leading/trailing synthesizer output below this fraction of the peak is silence
 
@@ -38,7 +37,7 @@ class Phrase:
 
 
 def phrases(words: list[tuple[float, float, str]], mute: list[tuple[float, float]] = (),
-            gap_s: float = _GAP_S, max_s: float = _MAX_PHRASE_S) -> list[Phrase]:
+            gap_s: float = 0.3, max_s: float = _MAX_PHRASE_S) -> list[Phrase]:
     """Group recognised words into phrases at pauses; words overlapping a mute range are dropped (never spoken),
     and the phrase is split there."""
     out: list[Phrase] = []
@@ -102,6 +101,19 @@ def fixed_rate_phrase(engine: tts.Espeak, text: str, room: int, voice: str, rate
     return np.asarray(y[:max(room, 0)], np.float32)
 
 
+def active_level_gain(y: np.ndarray, sr: int, target_dbfs: float, frame_s: float = 0.02) -> float:
+    """One gain that puts the RMS of the active (non-silent) 20 ms frames of y at target_dbfs, peaks below 0.99."""
+    k = max(1, int(frame_s * sr))
+    frames = y[: len(y) // k * k].astype(np.float64).reshape(-1, k)
+    rms = np.sqrt(np.mean(frames ** 2, axis=1)) if len(frames) else np.zeros(0)
+    active = rms > 1e-4
+    if not active.any():
+        return 1.0
+    gain = 10 ** (target_dbfs / 20.0) / float(np.sqrt(np.mean(rms[active] ** 2)))
+    peak = float(np.max(np.abs(y)))
+    return min(gain, 0.99 / peak) if peak > 0 else gain
+
+
 def recogniser(settings) -> asr.Whisper:
     if not settings.asr_model and not asr.available():
         raise AudioConfigError("audio.method=resynth needs the Whisper recogniser (pip install '.[asr]') or a "
@@ -126,7 +138,7 @@ def resynthesize(mono: np.ndarray, sr: int, settings, mute: list[tuple[float, fl
     engine, model = synthesizer(), recogniser(settings)  # both checked before any work: fail closed, early
     n = len(mono)
     words = model.words(to_rate(mono, sr))
-    found = phrases(words, mute)
+    found = phrases(words, mute, settings.tts_phrase_gap_s)
     found = snap(found, speech) if speech is not None else found
     t_sr = engine.sample_rate
     out = np.zeros(n, np.float32)

@@ -50,6 +50,8 @@ class AudioSettings:
     tts_rate_wpm: method resynth: one speaking rate for every phrase (words per minute, 80-450; a phrase runs on
         into the pause after it and is compressed only where it would reach the next one); 0: each phrase is
         fitted into its original span (the rate then follows the speaker's, a measurable speaker cue).
+    tts_phrase_gap_s: method resynth: a pause at least this long starts a new synthesized phrase (shorter pauses
+        are not kept: a speaker's pausing pattern, spoken as many short phrases, was a speaker cue, RESULTS.md).
     vad: auto (silero, else webrtc, else energy) | silero | webrtc | energy | none (treat everything as speech).
     vad_threshold: speech probability threshold for silero.
     pad_s: seconds added on both sides of each speech segment before transforming.
@@ -89,6 +91,7 @@ class AudioSettings:
     method: Method = "world"
     tts_voice: str = "en-us"
     tts_rate_wpm: int = 175
+    tts_phrase_gap_s: float = 2.0
     vad: VadBackend = "auto"
     vad_threshold: float = 0.5
     pad_s: float = 0.2
@@ -129,6 +132,8 @@ class AudioSettings:
         check_choices(self)
         if self.tts_rate_wpm and not 80 <= self.tts_rate_wpm <= 450:
             raise SchemaError("tts_rate_wpm", f"must be 0 or in [80, 450]; got {self.tts_rate_wpm!r}")
+        if not self.tts_phrase_gap_s > 0:
+            raise SchemaError("tts_phrase_gap_s", f"must be > 0; got {self.tts_phrase_gap_s!r}")
         if not (0 <= self.eq_terms <= 16 and 1 <= self.warp_knots <= 8 and self.warp_pieces >= 0
                 and 0 <= self.formant_drift < 0.5 and 0 <= self.envelope_flatten <= 1):
             raise SchemaError("eq_terms/warp_knots/warp_pieces/formant_drift/envelope_flatten",
@@ -145,8 +150,9 @@ class AudioSettings:
 
     def public_params(self) -> dict:
         """The parameters that go into the audit (everything that shapes the output; never the key)."""
-        keys = ("method", "tts_voice", "tts_rate_wpm", "vad", "vad_threshold", "pad_s", "nonspeech_gain_db",
-                "speech_level_dbfs", "speakers", "key_scope", "f0_range_hz", "min_shift_semitones", "formant_range",
-                "mcadams_range", "eq_db", "eq_terms", "warp_pieces", "warp_knots", "formant_drift", "drift_hz",
-                "envelope_flatten", "pitch_semitones", "mute_mode", "asr_bleep", "bleep_numbers")
+        keys = ("method", "tts_voice", "tts_rate_wpm", "tts_phrase_gap_s", "vad", "vad_threshold", "pad_s",
+                "nonspeech_gain_db", "speech_level_dbfs", "speakers", "key_scope", "f0_range_hz",
+                "min_shift_semitones", "formant_range", "mcadams_range", "eq_db", "eq_terms", "warp_pieces",
+                "warp_knots", "formant_drift", "drift_hz", "envelope_flatten", "pitch_semitones", "mute_mode",
+                "asr_bleep", "bleep_numbers")
         return {k: getattr(self, k) for k in keys}
