@@ -15,7 +15,8 @@ Defaults (measured with benchmarks/voice_privacy.py and voice_eer.py; see models
 - method ``resynth`` (opt-in: its synthesizer, eSpeak NG, is GPL-3.0-or-later, outside the permissive default
   ``models.allow_licenses``): Whisper base recognises the words, eSpeak NG speaks them again in one fixed voice,
   each phrase in the time span it had, silence elsewhere, speech at a fixed level. Every speaker comes out as the
-  same voice (issue 21, measured in benchmarks/RESULTS.md); prosody,
+  same voice (issue 21: pooled EER 52 / 46 / 45 % ignorant / lazy / semi-informed, Whisper WER +19 %, but one of
+  five held-out speakers still at 31 % EER, so not the default; benchmarks/RESULTS.md); prosody,
   background and non-English speech are lost, and Whisper's errors are spoken. Fails closed without either model.
 - targets ``random`` per asset unless a key is set (env var ``key_env``): then the target of a speaker is
   derived from HMAC(key, speaker id) and the same speaker id maps to the same voice in every asset.
