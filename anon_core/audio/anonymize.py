@@ -16,7 +16,7 @@ from anon_core.audio import io as audio_io
 from anon_core.audio.bleep import transcript_ranges
 from anon_core.audio.ranges import apply_ranges, parse_ranges
 from anon_core.audio.resynth import active_level_gain, resynthesize
-from anon_core.audio.settings import AudioSettings
+from anon_core.audio.settings import DEFAULT_SPEECH_LEVEL_DBFS, AudioSettings
 from anon_core.audio.speakers import AudioConfigError, diarize
 from anon_core.audio.targets import asset_seed, draw_target, load_key, speaker_rng
 from anon_core.audio.vad import detect_speech, to_rate
@@ -142,7 +142,9 @@ def anonymize_waveform(samples: np.ndarray, sample_rate: int, settings: AudioSet
                 y *= _speech_gain(n, sr, speech, settings.nonspeech_gain_db)[None]
         timings["transform"] = (time.perf_counter() - t0) * 1000
         # resynth always fixes the level (a synthetic voice has no recording level to keep)
-        level = settings.speech_level_dbfs if settings.speech_level_dbfs < 0 or method != "resynth" else -26.0
+        level = settings.speech_level_dbfs
+        if method == "resynth" and level >= 0:
+            level = DEFAULT_SPEECH_LEVEL_DBFS
         if level < 0:
             # resynth: the level of the synthesized frames only; over the phrase spans it would follow how much
             # of each span the speaker left silent (a speaker cue, RESULTS.md issue 21)

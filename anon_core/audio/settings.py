@@ -35,6 +35,7 @@ Method = Literal["resynth", "world", "mcadams", "pitch", "none"]
 VadBackend = Literal["auto", "silero", "webrtc", "energy", "none"]
 SpeakerBackend = Literal["auto", "single", "resemblyzer", "pyannote"]
 METHODS: tuple[str, ...] = get_args(Method)
+DEFAULT_SPEECH_LEVEL_DBFS = -26.0  # the output's speech level (a recording level is a speaker cue, RESULTS.md)
 VAD_BACKENDS: tuple[str, ...] = get_args(VadBackend)
 SPEAKER_BACKENDS: tuple[str, ...] = get_args(SpeakerBackend)
 
@@ -99,7 +100,7 @@ class AudioSettings:
     min_speech_s: float = 0.1
     min_silence_s: float = 0.3
     nonspeech_gain_db: float = 0.0
-    speech_level_dbfs: float = -26.0
+    speech_level_dbfs: float = DEFAULT_SPEECH_LEVEL_DBFS
     speakers: SpeakerBackend = "auto"
     pyannote_model: str = ""
     max_speakers: int = 8

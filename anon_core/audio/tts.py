@@ -33,23 +33,25 @@ def available() -> bool:
     return importlib.util.find_spec(PACKAGE) is not None
 
 
-def _folder() -> Path:
-    spec = importlib.util.find_spec(PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise TtsUnavailable("package espeakng-loader is not installed (pip install espeakng-loader)")
-    return Path(list(spec.submodule_search_locations)[0])
+def _paths() -> tuple[Path, Path]:
+    """The shared library and the voice data, as the wheel itself locates them."""
+    try:
+        import espeakng_loader
+    except ImportError as exc:
+        raise TtsUnavailable("package espeakng-loader is not installed (pip install espeakng-loader)") from exc
+    try:
+        return Path(espeakng_loader.get_library_path()), Path(espeakng_loader.get_data_path())
+    except RuntimeError as exc:  # the wheel raises when its data folder is missing
+        raise TtsUnavailable(str(exc)) from exc
 
 
 class Espeak:
     """One process-wide eSpeak NG synthesizer (use `engine()`)."""
 
     def __init__(self) -> None:
-        folder = _folder()
-        lib_path, data = folder / "libespeak-ng.so.1", folder / "espeak-ng-data"
-        if not lib_path.is_file():
-            lib_path = folder / "libespeak-ng.so"
+        lib_path, data = _paths()
         if not lib_path.is_file() or not (data / "phontab").is_file():
-            raise TtsUnavailable(f"{folder}: libespeak-ng or espeak-ng-data missing")
+            raise TtsUnavailable(f"{lib_path.parent}: libespeak-ng or espeak-ng-data missing")
         try:
             self.lib = ctypes.CDLL(str(lib_path))
         except OSError as exc:
@@ -86,7 +88,7 @@ class Espeak:
         if rc != 0:
             raise TtsUnavailable(f"espeak_Synth failed ({rc})")
         y = np.concatenate(chunks) if chunks else np.zeros(0, np.int16)
-        return (y.astype(np.float32) / 32768.0).astype(np.float32)
+        return y.astype(np.float32) / 32768.0
 
 
 @lru_cache(maxsize=1)
