@@ -50,6 +50,9 @@ CARDS: dict[str, ModelCard] = {c.key: c for c in [
               "ppocr_det.md", "plates (permissive default): see plates.md"),
     ModelCard("ppocr_rec", "rapidocr-onnxruntime 1.4.4 (PyPI)", "Apache-2.0", "Nx3x48xW BGR [-1, 1]",
               "ppocr_rec.md", "plate reading check: see plates.md"),
+    ModelCard("plate_rescore", "anon itself (anon_core/detectors/params/plate_rescore.json, fitted by "
+              "benchmarks/plates_rescore.py)", "Apache-2.0", "11 numbers per plate candidate (reading, vehicle, shape)",
+              "plates.md", "plate score: see plates.md 'Learned plate score'", runtime="numpy"),
     ModelCard("plate_yolo", "safelicensing 1.0.3 (PyPI, `safelicensing/best.pt`, exported to ONNX)", "AGPL-3.0",
               "1x3x640x640 RGB [0, 1] letterbox", "plate_yolo.md", "plates (opt-in): see plate_yolo.md"),
     ModelCard("silero_vad", "silero-vad 6.2.3 (PyPI)", "MIT", "[1, 576] float32 16 kHz + state", "voice.md",
@@ -74,7 +77,8 @@ CARDS: dict[str, ModelCard] = {c.key: c for c in [
 # ModelInfo.name prefixes -> card (for infos built without a license)
 _NAME_TO_CARD = (("retinaface", "retinaface"), ("centerface", "centerface"), ("nanodet", "nanodet"),
                  ("selfie", "selfie"), ("ppocrv4-det", "ppocr_det"), ("ppocrv4-rec", "ppocr_rec"),
-                 ("plates:", "ppocr_det"), ("plate-yolov8n", "plate_yolo"), ("yolo:", "yolo"),
+                 ("plates:", "ppocr_det"), ("plate-yolov8n", "plate_yolo"),
+                 ("plate-rescore", "plate_rescore"), ("yolo:", "yolo"),
                  ("silero", "silero_vad"), ("resemblyzer", "resemblyzer"), ("webrtc", "webrtcvad"),
                  ("dlib_face_recognition", "dlib_face_resnet"))
 
@@ -105,7 +109,9 @@ def detector_models(name: str, params: dict) -> list[tuple[str, str]] | None:
     keys = {
         "face": face_models,
         "nanodet_person": lambda: ["nanodet"] + (["selfie"] if params.get("silhouettes", True) else []),
-        "plate": lambda: ["ppocr_det", "nanodet"] + (["ppocr_rec"] if params.get("verify", True) else []),
+        "plate": lambda: ["ppocr_det", "nanodet"] + (
+            (["ppocr_rec"] + (["plate_rescore"] if params.get("rescore", "trees") == "trees" else []))
+            if params.get("verify", True) else []),
         "plate_yolo": lambda: ["plate_yolo"] + (["nanodet"] if params.get("vehicle_crops", True) else []),
         "ppocr_text": lambda: ["ppocr_det"],
         "yolo": lambda: ["yolo"],

@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from anon_core.detections import Detections  # noqa: E402
-from anon_core.detectors.face_cascade import PARAMS_DIR  # noqa: E402
+from anon_core.detectors.face_cascade import PARAMS_DIR, export_gradient_boosting  # noqa: E402
 from anon_core.detectors.face_models import FACE_MODELS  # noqa: E402
 from anon_core.detectors.multiview import fuse_evidence, plan_views, run_views  # noqa: E402
 from anon_core.evaluation import evaluate, load_jsonl  # noqa: E402
@@ -234,19 +234,6 @@ def train(feat: dict, names: list[str]):
     return GradientBoostingClassifier(**GBDT).fit(x[keep], y[keep])
 
 
-def export(model, names: list[str]) -> dict:
-    trees = []
-    for est in model.estimators_[:, 0]:
-        t = est.tree_
-        trees.append({"feature": [int(f) if left >= 0 else -1 for f, left in zip(t.feature, t.children_left)],
-                      "threshold": [round(float(v), 6) for v in t.threshold],
-                      "left": [int(v) for v in t.children_left], "right": [int(v) for v in t.children_right],
-                      "value": [round(float(v), 6) for v in t.value[:, 0, 0]]})
-    prior = model.init_.class_prior_[1]
-    return {"features": names, "init": float(np.log(prior / (1 - prior))), "learning_rate": model.learning_rate,
-            "trees": trees}
-
-
 def per_image(feat: dict, flat: np.ndarray) -> list[np.ndarray]:
     out, i = [], 0
     for r in feat["rows"]:
@@ -388,7 +375,8 @@ def cmd_fit(args) -> None:
     if args.write:
         model, names = best
         params = {"name": args.name or f"face_cascade_{args.set}", "views": views, "crop_nets": looks,
-                  "crop": spec["crop"], "context": spec["context"], "model": export(model, names),
+                  "crop": spec["crop"], "context": spec["context"],
+                  "model": export_gradient_boosting(model, names),
                   "recipe": {"command": f"python benchmarks/face_cascade.py fit --set {args.set} --write",
                              "train": "faces_train (400 WIDER train images), candidates labelled by greedy IoU>=0.5"
                                       " matching, ignore-region candidates left out",

@@ -57,11 +57,11 @@ def at(pairs: list, thr: float) -> dict:
     return _row(evaluate(pairs, iou=0.5, score_threshold=float(thr), include_curve=False)["at_threshold"])
 
 
-def choose(pairs: list, target: float) -> float:
+def choose(pairs: list, target: float, grid: np.ndarray = GRID) -> float:
     """Highest recall at precision >= target over the threshold grid (ties: the higher threshold)."""
-    sweep = evaluate(pairs, iou=0.5, sweep=[float(t) for t in GRID], include_curve=False)["sweep"]
+    sweep = evaluate(pairs, iou=0.5, sweep=[float(t) for t in grid], include_curve=False)["sweep"]
     ok = [(_row(m)["recall"], m["threshold"]) for m in sweep if (m["precision"] or 0.0) >= target]
-    return float(max(ok)[1]) if ok else float(GRID[-1])
+    return float(max(ok)[1]) if ok else float(grid[-1])
 
 
 def cross_validate(gts: list, dets: list, k: int, target: float, seed: int = 0) -> dict:

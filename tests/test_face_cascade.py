@@ -47,7 +47,7 @@ def test_rotated_view_finds_an_upside_down_face_where_it_is(astronaut):
 def test_exported_trees_match_sklearn():
     from sklearn.ensemble import GradientBoostingClassifier
 
-    from benchmarks.face_cascade import export
+    from anon_core.detectors.face_cascade import export_gradient_boosting as export
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(400, 5))
@@ -64,7 +64,7 @@ def test_verifier_plumbing_with_a_trained_model(tmp_path, astronaut):
 
     from sklearn.ensemble import GradientBoostingClassifier
 
-    from benchmarks.face_cascade import export
+    from anon_core.detectors.face_cascade import export_gradient_boosting as export
 
     names = ["fused", "log_side", "eye_dist", "ctx_overlap", "look_retinaface", "look_iou_retinaface"]
     rng = np.random.default_rng(0)

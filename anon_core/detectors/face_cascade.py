@@ -74,6 +74,21 @@ class Trees:
         return 1.0 / (1.0 + np.exp(-self.log_odds(x)))
 
 
+def export_gradient_boosting(model, names: Sequence[str]) -> dict:
+    """A fitted sklearn GradientBoostingClassifier (binary) as the dict `Trees.from_dict` reads (sklearn is needed
+    only to fit, never to evaluate)."""
+    trees = []
+    for est in model.estimators_[:, 0]:
+        t = est.tree_
+        trees.append({"feature": [int(f) if left >= 0 else -1 for f, left in zip(t.feature, t.children_left)],
+                      "threshold": [round(float(v), 6) for v in t.threshold],
+                      "left": [int(v) for v in t.children_left], "right": [int(v) for v in t.children_right],
+                      "value": [round(float(v), 6) for v in t.value[:, 0, 0]]})
+    prior = model.init_.class_prior_[1]
+    return {"features": list(names), "init": float(np.log(prior / (1 - prior))),
+            "learning_rate": model.learning_rate, "trees": trees}
+
+
 @dataclass(frozen=True)
 class VerifierParams:
     name: str

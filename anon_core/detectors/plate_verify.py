@@ -88,6 +88,20 @@ def _is_cjk(ch: str) -> bool:
 _DATE_TIME = re.compile(r"\d{4}[-./]\d{1,2}|\d{1,2}:\d{2}")  # camera timestamps: 2014-05-12, 07:08:50
 
 
+def _core(text: str) -> tuple[list[str], list[str]]:
+    """The reading without separators and a leading CJK character (CCPD province), and its ASCII letters/digits."""
+    core = [c for c in text.strip() if c not in " -.·•_：:"]
+    if core and _is_cjk(core[0]):
+        core = core[1:]
+    return core, [c for c in core if c.isascii() and c.isalnum()]
+
+
+def reading_shape(text: str) -> tuple[int, int]:
+    """(ASCII letters/digits read, 1 if one of them is a digit) — columns of the learned plate score."""
+    alnum = _core(text)[1]
+    return len(alnum), int(any(c.isdigit() for c in alnum))
+
+
 def plate_score(text: str, conf: float, min_chars: int = 4, max_chars: int = 10) -> float:
     """How much a reading looks like a plate, in [0, 1].
 
@@ -98,10 +112,7 @@ def plate_score(text: str, conf: float, min_chars: int = 4, max_chars: int = 10)
     text = text.strip()
     if _DATE_TIME.search(text):
         return 0.0
-    core = [c for c in text if c not in " -.·•_：:"]
-    if core and _is_cjk(core[0]):
-        core = core[1:]
-    alnum = [c for c in core if c.isascii() and c.isalnum()]
+    core, alnum = _core(text)
     if not core or len(alnum) < 2:
         return 0.0
     n = len(alnum)

@@ -37,6 +37,7 @@ from anon_core.boxes import intersection_over_first, nms
 from anon_core.detections import Detections
 from anon_core.detectors.base import Detector, SharedWork, register_detector
 from anon_core.detectors.nanodet import VEHICLES, nanodet_for
+from anon_core.detectors.plate_rescore import learned_scores, load_rescorer, rescorer_info
 from anon_core.detectors.plate_verify import shared_reader, verified_scores
 from anon_core.detectors.text import shared_ppocr
 from anon_core.weights import ModelInfo
@@ -116,7 +117,14 @@ class PlateDetector(Detector):
         verify_large_height: float = 128.0,
         verify_large_floor: float = 0.0,
         rec_weights: str | None = None,
+        rescore: str = "trees",
+        rescore_weights: str | None = None,
     ):
+        # how the reading check scores a candidate: "trees" (plate_rescore.py, learned over reading, vehicle
+        # context, size and shape) or "rule" (verified_scores: text score x reading, the floors below)
+        if rescore not in ("trees", "rule"):
+            raise ValueError("rescore must be trees or rule")
+        self.rescore, self._rescore_path = rescore, rescore_weights
         self.vehicle_tiles, self.frame_max_pixels = bool(vehicle_tiles), int(frame_max_pixels)
         # the same budget only for frames whose vehicles all score under vehicle_threshold (maybe-vehicles)
         self.weak_max_pixels = int(weak_max_pixels)
@@ -146,13 +154,17 @@ class PlateDetector(Detector):
         self.nanodet = nanodet_for(*self._nanodet_args)
         self.ocr = shared_ppocr(*self._ocr_args)
         self.reader = shared_reader(*self._rec_args) if self.verify else None
+        self.trees = None
+        if self.verify and self.rescore == "trees":
+            self.trees, self._trees_info = load_rescorer(self._rescore_path), rescorer_info(self._rescore_path)
         self.cascade = None
         if self.use_cascade:
             self.cascade = cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_russian_plate_number.xml")
 
     def model_infos(self) -> list[ModelInfo]:
         o, n = self.ocr.info(), self.nanodet.info()
-        return [o, n, *([self.reader.info()] if self.reader is not None else [])]
+        return [o, n, *([self.reader.info()] if self.reader is not None else []),
+                *([self._trees_info] if self.trees is not None else [])]
 
     def info(self) -> ModelInfo:
         """One line for the whole search (the audit lists each model through `infos`)."""
@@ -262,7 +274,9 @@ class PlateDetector(Detector):
             b[:, [1, 3]] = b[:, [1, 3]].clip(0, h)
             keep = nms(b, s, 0.3)
             b, s = b[keep], s[keep]
-            if self.reader is not None:  # the check only lowers scores: read only what could still pass
+            if self.trees is not None:
+                s = learned_scores(self.trees, self.reader, frame, b, s, vehicles(objs, 0.0), self.verify_large[0])
+            elif self.reader is not None:  # the check only lowers scores: read only what could still pass
                 b, s = b[s >= min_score], s[s >= min_score]
                 floor = np.where(b[:, 3] - b[:, 1] >= self.verify_large[0], self.verify_large[1], self.verify_floor)
                 s = verified_scores(self.reader, frame, b, s, floor)
