@@ -62,17 +62,22 @@ def test_threshold_maps_to_one_half_and_order_is_kept():
     g = np.log(0.5) / np.log(0.04)
     mapped = np.power(p, g)
     assert mapped[1] == pytest.approx(0.5) and np.all(np.diff(mapped) > 0)
-    one_leaf = r.score(np.zeros((1, len(FEATURES))), np.array([[0, 0, 10, 5]]))[0]  # p = 0.5
+    x = np.zeros((1, len(FEATURES)))
+    x[0, _col("vehicle_score")] = 0.8  # on a sure vehicle: the context rules leave p alone
+    one_leaf = r.score(x, np.array([[0, 0, 10, 5]]))[0]  # p = 0.5
     assert one_leaf == pytest.approx(0.5 ** g, rel=1e-5)
 
 
-def test_tall_unreadable_candidate_is_no_plate():
+def test_unreadable_candidate_needs_a_sure_vehicle_and_a_modest_height():
     x = np.zeros((2, len(FEATURES)))
     x[:, _col("plate_score")] = [0.0, 1.0]
+    x[:, _col("vehicle_score")] = 0.8
     boxes = np.array([[0, 0, 300, 200], [0, 0, 300, 200]], np.float32)
-    assert tall_rule(np.array([0.9, 0.9]), x, boxes).tolist() == [0.0, 0.9]
+    assert tall_rule(np.array([0.9, 0.9]), x, boxes).tolist() == [0.0, 0.9]  # tall: the reading decides
     small = np.array([[0, 0, 60, 20], [0, 0, 60, 20]], np.float32)
-    assert tall_rule(np.array([0.9, 0.9]), x, small).tolist() == [0.9, 0.9]
+    assert tall_rule(np.array([0.9, 0.9]), x, small).tolist() == [0.9, 0.9]  # small, on a sure car: the trees do
+    x[:, _col("vehicle_score")] = 0.1  # a maybe-vehicle (the demo video's shuttle): the reading decides again
+    assert tall_rule(np.array([0.9, 0.9]), x, small).tolist() == [0.0, 0.9]
 
 
 def test_rescorer_is_a_registered_model():

@@ -317,3 +317,52 @@ def test_annexb_split_roundtrip():
     nals = [b"\x67\x01\x02", b"\x68\x03", b"\x65" + b"\x00" * 5 + b"\x07"]
     stream = b"\x00\x00\x00\x01" + nals[0] + b"\x00\x00\x01" + nals[1] + b"\x00\x00\x00\x01" + nals[2]
     assert split_annexb(stream) == nals
+
+
+def _busy_corner(n: int, appear: int) -> list[np.ndarray]:
+    """A still shot in which a grey blob moves in the bottom-right corner all the time (static deferral never
+    applies) and a white square appears, motionless, top-left at frame `appear`."""
+    bg = background(320, 240)
+    out = []
+    for i in range(n):
+        img = bg.copy()
+        y = 160 + int(20 * np.sin(i / 3))
+        img[y:y + 30, 260:290] = 128
+        if i >= appear:
+            img[40:40 + SQ, 20:20 + SQ] = 255
+        out.append(img)
+    return out
+
+
+def test_partial_keyframes_search_what_changed_and_find_a_face_that_appears():
+    an = _anon(keyframe_s=0.25, static_max_s=2.0)
+    frames = _busy_corner(96, appear=50)
+    s = FrameSession(an, 24, (320, 240))
+    out = []
+    for i in range(0, 96, 8):
+        out += s.push(frames[i:i + 8])
+    out += s.flush()
+    s.verify()
+    st = s.adaptive_report()
+    assert st["partial_keyframes"] >= 5 and st["keyframes"] <= 5, st
+    shapes = an.detectors["face"].shapes
+    assert any(h * w < 0.3 * 320 * 240 for h, w in shapes)  # the changed corner, not the frame
+    assert all(len(out[i].final) > 0 for i in range(50, 96))  # masked from the frame it appeared on
+    assert not any(len(out[i].final) for i in range(40))  # (the lead window masks a few frames before it)
+    # a full keyframe still comes at least every static_max_s (2 s = 48 frames)
+    assert st["max_full_key_gap"] <= 48 + s.key_every + s.k - 1
+    off = _anon(keyframe_s=0.25, static_max_s=2.0, partial_keyframes=False)
+    t = FrameSession(off, 24, (320, 240))
+    t.push(frames)
+    t.flush()
+    assert t.adaptive_report()["partial_keyframes"] == 0
+
+
+def test_partial_keyframes_are_off_when_other_classes_are_searched():
+    cfg = AnonConfig(policy="default", detectors={"face": DetectorSpec("test_square", {}),
+                                                  "plate": DetectorSpec("test_square", {})},
+                     video=VideoSettings(keyframe_s=0.25, static_max_s=2.0, roi_every=1))
+    an = Anonymizer(cfg)
+    an.detectors["plate"].classes = ("plate",)
+    assert not FrameSession(an, 24, (320, 240)).partial
+    assert FrameSession(_anon(keyframe_s=0.25, static_max_s=2.0), 24, (320, 240)).partial

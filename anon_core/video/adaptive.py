@@ -19,6 +19,16 @@ crops changed since the last keyframe (largest change of a blurred 160-px grey t
 and every tracked face was found again on the previous analysed frame: the full detector would look at the same
 pixels there. A track that is lost, motion anywhere else, or the time limit bring the keyframe back.
 
+Partial keyframes (`video.partial_keyframes`, faces-only policies): a due keyframe that cannot be deferred looks
+only at the box around what changed since the detector last looked there (cells of the same thumbnail changing by
+`static_diff` or more, grown by `partial_margin` of the frame's larger side), with the full set of views, plus
+the track crops, when that costs at most `roi_max_area` of the frame and every track was found again. A face
+can only become detectable where pixels changed: where none did the detector would see what it saw before. The
+reference picture is updated inside the searched box only, so slow changes elsewhere add up until they are
+looked at, and a full keyframe still comes at least every `static_max_s`. Plates, persons and text are not
+searched this way (a parked car's plate lies in unchanged pixels, but its track needs the whole vehicle to be
+found again), so any policy with them gets full keyframes.
+
 A face that appears between two keyframes is found at the next one at the latest; the scheduler's lead window
 (`lead_s >= keyframe_s` by default) masks the frames before that, extrapolated backwards along the track.
 Every one of these shortcuts is measured by the frame-level leak rate (benchmarks/video_leak.py).
@@ -65,6 +75,21 @@ def changed_outside(a: np.ndarray, b: np.ndarray, rois: Sequence[Roi], frame_w: 
     for r in rois:
         d[int(r.y0 * sy):int(np.ceil(r.y1 * sy)), int(r.x0 * sx):int(np.ceil(r.x1 * sx))] = 0
     return float(d.max()) if d.size else 0.0
+
+
+def changed_region(a: np.ndarray, b: np.ndarray, diff: float, frame_w: int, frame_h: int, margin: float
+                   ) -> Roi | None:
+    """The box (frame pixels, grown by `margin` on each side) around every thumbnail cell that changed by at
+    least `diff` between a and b; None when nothing did."""
+    ys, xs = np.nonzero(np.abs(a - b) >= diff)
+    if not len(xs):
+        return None
+    sx, sy = frame_w / a.shape[1], frame_h / a.shape[0]
+    x0, x1 = max(0, int(xs.min() * sx - margin)), min(frame_w, int(np.ceil((xs.max() + 1) * sx + margin)))
+    y0, y1 = max(0, int(ys.min() * sy - margin)), min(frame_h, int(np.ceil((ys.max() + 1) * sy + margin)))
+    ax0, ax1 = _aligned(x0, x1, frame_w, 32)
+    ay0, ay1 = _aligned(y0, y1, frame_h, 32)
+    return Roi(ax0, ay0, ax1, ay1)
 
 
 def scene_change(a: np.ndarray | None, b: np.ndarray) -> float:

@@ -36,6 +36,7 @@ from anon_core.tracking import MaskScheduler
 from anon_core.video.adaptive import (
     Roi,
     changed_outside,
+    changed_region,
     detect_regions,
     motion_thumbnail,
     plan_rois,
@@ -174,6 +175,13 @@ class FrameSession:
         self.static_max = round(settings.static_max_s * self.fps) if self.adaptive else 0
         self.static_diff = float(settings.static_diff)
         self.key_mthumb: np.ndarray | None = None
+        # partial keyframes (adaptive.py): only when every configured detector finds ROI classes only (and no
+        # person-conditioned heads, which need the whole frame); a full keyframe at least every static_max frames
+        self.partial = (self.adaptive and settings.partial_keyframes and self.static_max > 0
+                        and getattr(anonymizer, "heads", None) is None
+                        and all(set(d.classes) <= self.roi_classes for d in anonymizer.detectors.values()))
+        self.partial_margin = float(settings.partial_margin)
+        self.last_full_key: int | None = None
         # with sparse detection the gap between two detector frames must still be interpolated, and with
         # adaptive detection the gap between two keyframes (classes searched on keyframes only)
         span = max(self.k, self.key_every if self.adaptive else 0)
@@ -204,8 +212,10 @@ class FrameSession:
         self.last_key: int | None = None
         self.prev_thumb: np.ndarray | None = None
         self.max_key_gap = 0
+        self.max_full_gap = 0  # between full keyframes (partial ones in between)
         self.adaptive_stats = {"keyframes": 0, "roi_frames": 0, "scene_cuts": 0, "roi_keyframes": 0,
-                               "roi_pixels": 0, "roi_crops": 0, "static_deferred": 0}
+                               "roi_pixels": 0, "roi_crops": 0, "static_deferred": 0,
+                               "partial_keyframes": 0}
 
     # -- the loop
     def push(self, frames: Sequence[np.ndarray], metas: Sequence[Any] | None = None,
@@ -296,6 +306,11 @@ class FrameSession:
             if self.adaptive_stats["keyframes"] < 1 or self.max_key_gap > allowed:
                 raise RuntimeError(f"keyframes {self.max_key_gap} frames apart (at most {allowed}): "
                                    "output not published")
+            # partial keyframes stop once static_max frames passed since the last full one
+            allowed_full = max(self.key_every, self.static_max + self.key_every) + self.k - 1
+            if self.max_full_gap > allowed_full:
+                raise RuntimeError(f"full keyframes {self.max_full_gap} frames apart (at most {allowed_full}): "
+                                   "output not published")
             if self.holdback and self.last_key != n - 1:
                 raise RuntimeError("the last frame was not a keyframe: output not published")
 
@@ -315,6 +330,7 @@ class FrameSession:
         st["pixels_analysed_share"] = round((st["keyframes"] * w * h + roi) / max(1, self.frames_detected * w * h), 4)
         st["key_every"] = self.key_every
         st["max_key_gap"] = self.max_key_gap
+        st["max_full_key_gap"] = self.max_full_gap
         return st
 
     # -- adaptive detection
@@ -352,6 +368,29 @@ class FrameSession:
         self.adaptive_stats["static_deferred"] += 1
         return True
 
+    def _partial_region(self, i: int, mthumb: np.ndarray | None, rects: list[Roi], last: np.ndarray, w: int,
+                        h: int) -> Roi | None:
+        """The changed box a due keyframe may be limited to (see adaptive.py), or None for a full keyframe."""
+        if not self.partial or mthumb is None or self.key_mthumb is None or self.last_full_key is None:
+            return None
+        if i - self.last_full_key >= self.static_max:
+            return None
+        if len(last) and int(last.min()) < self.last_pushed:  # a track was not found again: look everywhere
+            return None
+        region = changed_region(self.key_mthumb, mthumb, self.static_diff, w, h, self.partial_margin * max(w, h))
+        if region is None or roi_cost(rects) + region.cost > self.roi_max_area * w * h:
+            return None
+        return region
+
+    def _refresh_reference(self, mthumb: np.ndarray, r: Roi, w: int, h: int) -> None:
+        """The reference picture takes the current one inside a searched box (cells wholly inside it)."""
+        ref = self.key_mthumb.copy()
+        sx, sy = mthumb.shape[1] / w, mthumb.shape[0] / h
+        x0, x1 = int(np.ceil(r.x0 * sx)), int(np.floor(r.x1 * sx))
+        y0, y1 = int(np.ceil(r.y0 * sy)), int(np.floor(r.y1 * sy))
+        ref[y0:y1, x0:x1] = mthumb[y0:y1, x0:x1]
+        self.key_mthumb = ref
+
     def _analyse(self, i: int, force_key: bool = False) -> list[MaskedFrame]:
         """One analysed frame: the full detector (keyframe) or the ROI detectors on crops around the tracks."""
         rgb = self.pending[i].rgb
@@ -363,12 +402,15 @@ class FrameSession:
         mthumb = motion_thumbnail(rgb) if self.static_max else None
         key = force_key or cut or self.last_key is None
         rects: list[Roi] = []
+        partial: Roi | None = None
         if not key:
             boxes, _, last = self.scheduler.tracker.predicted(i, self.roi_classes, max_since=self.scheduler.max_gap)
             rects = plan_rois(boxes, w, h, self.roi_context, self.roi_face_px)
             if i - self.last_key >= self.key_every:  # a periodic keyframe is due
                 key = not self._static(i, mthumb, rects, last, w, h)
-            if not key and roi_cost(rects) > self.roi_max_area * w * h:
+                if key and (region := self._partial_region(i, mthumb, rects, last, w, h)) is not None:
+                    key, partial = False, region
+            if not key and roi_cost(rects) + (partial.cost if partial else 0) > self.roi_max_area * w * h:
                 key = True  # the crops would cost about as much as the frame
                 self.adaptive_stats["roi_keyframes"] += 1
         self.adaptive_stats["scene_cuts"] += int(cut)
@@ -378,10 +420,18 @@ class FrameSession:
             raw, bad = dets[0], failed[0]
             if self.last_key is not None:
                 self.max_key_gap = max(self.max_key_gap, i - self.last_key)
-            self.last_key, self.key_mthumb = i, mthumb
+                self.max_full_gap = max(self.max_full_gap, i - self.last_full_key)
+            self.last_key = self.last_full_key = i
+            self.key_mthumb = mthumb
             self.adaptive_stats["keyframes"] += 1
         else:
             bad = False
+            if partial is not None:  # the changed box counts as looked at from here on
+                self.max_key_gap = max(self.max_key_gap, i - self.last_key)
+                self.last_key = i
+                self._refresh_reference(mthumb, partial, w, h)
+                self.adaptive_stats["partial_keyframes"] += 1
+                rects = [*rects, partial]
             try:
                 raw = (detect_regions(self.anonymizer, rgb, rects, self.roi_classes, self.detect_floor,
                                       self.all_detectors) if rects else Detections.empty())

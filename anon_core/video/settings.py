@@ -93,6 +93,10 @@ class VideoSettings:
         crops changed since the last one and every track was found on the previous analysed frame (0: off).
     static_diff: the largest change (0..1) of a blurred 160-px grey thumbnail still counted as "nothing changed"
         (compression noise on a still camera is ~0.01; a person entering is > 0.1).
+    partial_keyframes: a due keyframe that static deferral cannot skip searches only the box around what
+        changed since the detector last looked there, when that box plus the track crops cost at most
+        `roi_max_area` of the frame (faces-only policies; needs static_max_s > 0; adaptive.py).
+    partial_margin: that box is grown by this share of the frame's larger side on each side.
     gop_copy: H.264 GOPs in which nothing was masked are copied from the input (coded slices bit-exact,
         SEI dropped) and only the GOPs with masks are re-encoded (anon_core/video/gop.py); inputs it cannot
         splice are re-encoded whole as before.
@@ -127,6 +131,8 @@ class VideoSettings:
     scene_cut: float = 0.1
     static_max_s: float = 2.0
     static_diff: float = 0.03
+    partial_keyframes: bool = True
+    partial_margin: float = 0.1
     gop_copy: bool = True
     keep_audio: bool = True
     allowed_stream_kinds: tuple[str, ...] = ()
@@ -150,6 +156,8 @@ class VideoSettings:
             raise SchemaError("roi_face_px", f"must be >= 0 (0: crops at full size); got {self.roi_face_px!r}")
         if not 0 <= self.roi_max_area <= 1:
             raise SchemaError("roi_max_area", f"must be in [0, 1]; got {self.roi_max_area!r}")
+        if not 0 <= self.partial_margin <= 1:
+            raise SchemaError("partial_margin", f"must be in [0, 1]; got {self.partial_margin!r}")
         if self.static_max_s < 0 or self.static_diff < 0:
             raise SchemaError("static_max_s", "static_max_s and static_diff must be >= 0")
         if self.scene_cut < 0:
