@@ -92,6 +92,16 @@ def changed_region(a: np.ndarray, b: np.ndarray, diff: float, frame_w: int, fram
     return Roi(ax0, ay0, ax1, ay1)
 
 
+def refreshed_reference(ref: np.ndarray, current: np.ndarray, r: Roi, frame_w: int, frame_h: int) -> np.ndarray:
+    """The reference thumbnail with the current one inside a searched box (cells wholly inside it)."""
+    out = ref.copy()
+    sx, sy = current.shape[1] / frame_w, current.shape[0] / frame_h
+    x0, x1 = int(np.ceil(r.x0 * sx)), int(np.floor(r.x1 * sx))
+    y0, y1 = int(np.ceil(r.y0 * sy)), int(np.floor(r.y1 * sy))
+    out[y0:y1, x0:x1] = current[y0:y1, x0:x1]
+    return out
+
+
 def scene_change(a: np.ndarray | None, b: np.ndarray) -> float:
     """Mean absolute thumbnail difference (0: same picture, ~0.3+: a cut)."""
     if a is None or a.shape != b.shape:

@@ -40,6 +40,7 @@ from anon_core.video.adaptive import (
     detect_regions,
     motion_thumbnail,
     plan_rois,
+    refreshed_reference,
     roi_cost,
     scene_change,
     thumbnail,
@@ -175,8 +176,7 @@ class FrameSession:
         self.static_max = round(settings.static_max_s * self.fps) if self.adaptive else 0
         self.static_diff = float(settings.static_diff)
         self.key_mthumb: np.ndarray | None = None
-        # partial keyframes (adaptive.py): only when every configured detector finds ROI classes only (and no
-        # person-conditioned heads, which need the whole frame); a full keyframe at least every static_max frames
+        # partial keyframes (adaptive.py): faces-only detectors, no person-conditioned heads (need the whole frame)
         self.partial = (self.adaptive and settings.partial_keyframes and self.static_max > 0
                         and getattr(anonymizer, "heads", None) is None
                         and all(set(d.classes) <= self.roi_classes for d in anonymizer.detectors.values()))
@@ -306,7 +306,6 @@ class FrameSession:
             if self.adaptive_stats["keyframes"] < 1 or self.max_key_gap > allowed:
                 raise RuntimeError(f"keyframes {self.max_key_gap} frames apart (at most {allowed}): "
                                    "output not published")
-            # partial keyframes stop once static_max frames passed since the last full one
             allowed_full = max(self.key_every, self.static_max + self.key_every) + self.k - 1
             if self.max_full_gap > allowed_full:
                 raise RuntimeError(f"full keyframes {self.max_full_gap} frames apart (at most {allowed_full}): "
@@ -382,15 +381,6 @@ class FrameSession:
             return None
         return region
 
-    def _refresh_reference(self, mthumb: np.ndarray, r: Roi, w: int, h: int) -> None:
-        """The reference picture takes the current one inside a searched box (cells wholly inside it)."""
-        ref = self.key_mthumb.copy()
-        sx, sy = mthumb.shape[1] / w, mthumb.shape[0] / h
-        x0, x1 = int(np.ceil(r.x0 * sx)), int(np.floor(r.x1 * sx))
-        y0, y1 = int(np.ceil(r.y0 * sy)), int(np.floor(r.y1 * sy))
-        ref[y0:y1, x0:x1] = mthumb[y0:y1, x0:x1]
-        self.key_mthumb = ref
-
     def _analyse(self, i: int, force_key: bool = False) -> list[MaskedFrame]:
         """One analysed frame: the full detector (keyframe) or the ROI detectors on crops around the tracks."""
         rgb = self.pending[i].rgb
@@ -429,7 +419,7 @@ class FrameSession:
             if partial is not None:  # the changed box counts as looked at from here on
                 self.max_key_gap = max(self.max_key_gap, i - self.last_key)
                 self.last_key = i
-                self._refresh_reference(mthumb, partial, w, h)
+                self.key_mthumb = refreshed_reference(self.key_mthumb, mthumb, partial, w, h)
                 self.adaptive_stats["partial_keyframes"] += 1
                 rects = [*rects, partial]
             try:
