@@ -35,7 +35,7 @@ from anon_core.detections import Detections  # noqa: E402
 from anon_core.detectors.base import SharedWork  # noqa: E402
 from anon_core.detectors.face_cascade import Trees, export_gradient_boosting  # noqa: E402
 from anon_core.detectors.nanodet import VEHICLES, nanodet_for  # noqa: E402
-from anon_core.detectors.plate_rescore import FEATURES, PARAMS, candidate_features, tall_rule  # noqa: E402
+from anon_core.detectors.plate_rescore import FEATURES, PARAMS, candidate_features, context_rule  # noqa: E402
 from anon_core.detectors.plate_verify import PlateReader  # noqa: E402
 from anon_core.evaluation import evaluate  # noqa: E402
 
@@ -79,11 +79,14 @@ def fit(x: np.ndarray, y: np.ndarray, kind: str):
     Trees so the cross-validation scores exactly what the detector will; 'lr': the logistic comparison."""
     if kind == "lr":
         return Logistic(x, y)
+    return Trees.from_dict(export_gradient_boosting(_gbt().fit(x, y), FEATURES))
+
+
+def _gbt():
     from sklearn.ensemble import GradientBoostingClassifier
 
-    m = GradientBoostingClassifier(n_estimators=100, max_depth=2, learning_rate=0.1, subsample=0.8,
-                                   min_samples_leaf=10, random_state=0)
-    return Trees.from_dict(export_gradient_boosting(m.fit(x, y), FEATURES))
+    return GradientBoostingClassifier(n_estimators=100, max_depth=2, learning_rate=0.1, subsample=0.8,
+                                      min_samples_leaf=10, random_state=0)
 
 
 # the learned score is a probability over all candidates (few are plates): its thresholds sit low
@@ -92,7 +95,7 @@ GRID = np.round(np.arange(0.005, 0.6, 0.005), 3)
 
 def scored(dets: list, feats: list, idx, model) -> dict[int, Detections]:
     """Learned probabilities with the detector's tall-candidate rule (the detector maps them monotonically)."""
-    return {j: Detections(dets[j].xyxy, tall_rule(model.predict(feats[j]), feats[j], dets[j].xyxy).astype(np.float32)
+    return {j: Detections(dets[j].xyxy, context_rule(model.predict(feats[j]), feats[j], dets[j].xyxy).astype(np.float32)
                           if len(dets[j]) else dets[j].scores, dets[j].labels) for j in idx}
 
 
@@ -183,11 +186,7 @@ def main() -> None:
 
 
 def export_from_all(feats: list, labels: list) -> dict:
-    from sklearn.ensemble import GradientBoostingClassifier
-
-    m = GradientBoostingClassifier(n_estimators=100, max_depth=2, learning_rate=0.1, subsample=0.8,
-                                   min_samples_leaf=10, random_state=0)
-    return export_gradient_boosting(m.fit(np.concatenate(feats), np.concatenate(labels)), FEATURES)
+    return export_gradient_boosting(_gbt().fit(np.concatenate(feats), np.concatenate(labels)), FEATURES)
 
 
 if __name__ == "__main__":

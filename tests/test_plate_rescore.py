@@ -12,9 +12,8 @@ from anon_core.detectors.plate_rescore import (
     PARAMS,
     Rescorer,
     candidate_features,
+    context_rule,
     load_rescorer,
-    rescorer_info,
-    tall_rule,
 )
 from anon_core.licenses import detector_models
 
@@ -57,7 +56,7 @@ def test_shipped_trees_prefer_a_plate_on_a_car_to_a_word_on_a_wall():
 def test_threshold_maps_to_one_half_and_order_is_kept():
     stump = Trees(FEATURES, 0.0, 1.0, ((np.array([-1]), np.array([0.0]), np.array([-1]), np.array([-1]),
                                         np.array([0.0])),))  # one leaf, log-odds 0: p = 0.5 everywhere
-    r = Rescorer(stump, 0.04)
+    r = Rescorer(stump, 0.04, load_rescorer().info)
     p = np.array([0.001, 0.04, 0.3, 0.9])
     g = np.log(0.5) / np.log(0.04)
     mapped = np.power(p, g)
@@ -73,15 +72,15 @@ def test_unreadable_candidate_needs_a_sure_vehicle_and_a_modest_height():
     x[:, _col("plate_score")] = [0.0, 1.0]
     x[:, _col("vehicle_score")] = 0.8
     boxes = np.array([[0, 0, 300, 200], [0, 0, 300, 200]], np.float32)
-    assert tall_rule(np.array([0.9, 0.9]), x, boxes).tolist() == [0.0, 0.9]  # tall: the reading decides
+    assert context_rule(np.array([0.9, 0.9]), x, boxes).tolist() == [0.0, 0.9]  # tall: the reading decides
     small = np.array([[0, 0, 60, 20], [0, 0, 60, 20]], np.float32)
-    assert tall_rule(np.array([0.9, 0.9]), x, small).tolist() == [0.9, 0.9]  # small, on a sure car: the trees do
+    assert context_rule(np.array([0.9, 0.9]), x, small).tolist() == [0.9, 0.9]  # small, on a sure car: the trees do
     x[:, _col("vehicle_score")] = 0.1  # a maybe-vehicle (the demo video's shuttle): the reading decides again
-    assert tall_rule(np.array([0.9, 0.9]), x, small).tolist() == [0.0, 0.9]
+    assert context_rule(np.array([0.9, 0.9]), x, small).tolist() == [0.0, 0.9]
 
 
 def test_rescorer_is_a_registered_model():
-    info = rescorer_info()
+    info = load_rescorer().info
     assert info.license == "Apache-2.0" and len(info.weights_sha256) == 64 and PARAMS.exists()
     assert ("plate_rescore", "Apache-2.0") in detector_models("plate", {})
     assert ("plate_rescore", "Apache-2.0") not in detector_models("plate", {"rescore": "rule"})

@@ -78,6 +78,16 @@ def _scene(n: int, size=(320, 240), present=lambda i: True, x0=20, step=4) -> li
     return out
 
 
+def _run(s: FrameSession, frames: list[np.ndarray], step: int) -> list:
+    """Push the frames in chunks of `step`, flush and verify: every frame that came out, in order."""
+    out = []
+    for i in range(0, len(frames), step):
+        out += s.push(frames[i:i + step])
+    out += s.flush()
+    s.verify()
+    return out
+
+
 # -- ROI planning
 
 def test_plan_rois_context_merge_align_and_scale():
@@ -103,11 +113,7 @@ def test_adaptive_engine_keyframes_crops_and_tail():
     det = an.detectors["face"]
     frames = _scene(30)
     s = FrameSession(an, 24, (320, 240))
-    out = []
-    for i in range(0, 30, 4):
-        out += s.push(frames[i:i + 4])
-    out += s.flush()
-    s.verify()
+    out = _run(s, frames, 4)
     st = s.adaptive_report()
     assert [m.index for m in out] == list(range(30))
     assert st["keyframes"] + st["roi_frames"] == 30 and st["roi_frames"] >= 20
@@ -163,11 +169,7 @@ def test_static_shot_defers_keyframes_until_something_moves():
     an = _anon(keyframe_s=0.25, static_max_s=2.0)
     frames = _scene(72, present=lambda i: i >= 40, x0=-100, step=3)  # enters from the left edge at ~frame 34
     s = FrameSession(an, 24, (320, 240))
-    out = []
-    for i in range(0, 72, 8):
-        out += s.push(frames[i:i + 8])
-    out += s.flush()
-    s.verify()
+    out = _run(s, frames, 8)
     st = s.adaptive_report()
     assert st["static_deferred"] > 20 and st["keyframes"] < 72 / 6
     visible = [i for i in range(72) if -100 + 3 * i + SQ > 0 and i >= 40]
@@ -338,11 +340,7 @@ def test_partial_keyframes_search_what_changed_and_find_a_face_that_appears():
     an = _anon(keyframe_s=0.25, static_max_s=2.0)
     frames = _busy_corner(96, appear=50)
     s = FrameSession(an, 24, (320, 240))
-    out = []
-    for i in range(0, 96, 8):
-        out += s.push(frames[i:i + 8])
-    out += s.flush()
-    s.verify()
+    out = _run(s, frames, 8)
     st = s.adaptive_report()
     assert st["partial_keyframes"] >= 5 and st["keyframes"] <= 5, st
     shapes = an.detectors["face"].shapes

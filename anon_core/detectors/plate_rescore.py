@@ -80,16 +80,17 @@ class Rescorer:
 
     trees: Trees
     threshold: float
+    info: ModelInfo
 
     def score(self, x: np.ndarray, boxes: np.ndarray, large_height: float = 128.0) -> np.ndarray:
-        """Probability p (after `tall_rule`) mapped by p ** g with g = log 0.5 / log threshold: monotone, so every
+        """Probability p (after `context_rule`) mapped by p ** g with g = log 0.5 / log threshold: monotone, so every
         operating point stays reachable, and the cross-validated threshold lands on 0.5 like the other detectors'
         scores (the probability itself sits low, ~0.04: a few hard plates score barely above the false lines)."""
         g = np.log(0.5) / np.log(self.threshold)
-        return np.power(tall_rule(self.trees.predict(x), x, boxes, large_height), g).astype(np.float32)
+        return np.power(context_rule(self.trees.predict(x), x, boxes, large_height), g).astype(np.float32)
 
 
-def tall_rule(p: np.ndarray, x: np.ndarray, boxes: np.ndarray, large_height: float = 128.0,
+def context_rule(p: np.ndarray, x: np.ndarray, boxes: np.ndarray, large_height: float = 128.0,
               sure_vehicle: float = 0.2) -> np.ndarray:
     """Where the context cannot vouch for a candidate, the reading must: its probability is multiplied by the
     reading's plate_score when it is at least `large_height` tall (read with pixels to spare: the space shuttle's
@@ -103,17 +104,14 @@ def tall_rule(p: np.ndarray, x: np.ndarray, boxes: np.ndarray, large_height: flo
 
 @lru_cache(maxsize=4)
 def load_rescorer(path: str | None = None) -> Rescorer:
-    """The fitted trees (a JSON file written by benchmarks/plates_rescore.py --write-params)."""
-    d = json.loads(Path(path or PARAMS).read_text())
+    """The fitted trees (a JSON file written by benchmarks/plates_rescore.py --write-params), with their card."""
+    data = Path(path or PARAMS).read_bytes()
+    d = json.loads(data)
     if tuple(d["model"]["features"]) != FEATURES:
         raise ValueError(f"plate rescorer was fitted on {d['model']['features']}, this build computes {FEATURES}")
-    return Rescorer(Trees.from_dict(d["model"]), float(d["threshold"]))
-
-
-def rescorer_info(path: str | None = None) -> ModelInfo:
-    data = Path(path or PARAMS).read_bytes()
-    return ModelInfo("plate-rescore-gbt", "1", hashlib.sha256(data).hexdigest(),
+    info = ModelInfo("plate-rescore-gbt", "1", hashlib.sha256(data).hexdigest(),
                      str(path) if path else "anon_core/detectors/params/plate_rescore.json", "Apache-2.0")
+    return Rescorer(Trees.from_dict(d["model"]), float(d["threshold"]), info)
 
 
 def learned_scores(rescorer: Rescorer, reader, frame: np.ndarray, boxes: np.ndarray, text_scores: np.ndarray,

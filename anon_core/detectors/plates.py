@@ -37,7 +37,7 @@ from anon_core.boxes import intersection_over_first, nms
 from anon_core.detections import Detections
 from anon_core.detectors.base import Detector, SharedWork, register_detector
 from anon_core.detectors.nanodet import VEHICLES, nanodet_for
-from anon_core.detectors.plate_rescore import learned_scores, load_rescorer, rescorer_info
+from anon_core.detectors.plate_rescore import learned_scores, load_rescorer
 from anon_core.detectors.plate_verify import shared_reader, verified_scores
 from anon_core.detectors.text import shared_ppocr
 from anon_core.weights import ModelInfo
@@ -154,9 +154,7 @@ class PlateDetector(Detector):
         self.nanodet = nanodet_for(*self._nanodet_args)
         self.ocr = shared_ppocr(*self._ocr_args)
         self.reader = shared_reader(*self._rec_args) if self.verify else None
-        self.trees = None
-        if self.verify and self.rescore == "trees":
-            self.trees, self._trees_info = load_rescorer(self._rescore_path), rescorer_info(self._rescore_path)
+        self.trees = load_rescorer(self._rescore_path) if self.verify and self.rescore == "trees" else None
         self.cascade = None
         if self.use_cascade:
             self.cascade = cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_russian_plate_number.xml")
@@ -164,7 +162,7 @@ class PlateDetector(Detector):
     def model_infos(self) -> list[ModelInfo]:
         o, n = self.ocr.info(), self.nanodet.info()
         return [o, n, *([self.reader.info()] if self.reader is not None else []),
-                *([self._trees_info] if self.trees is not None else [])]
+                *([self.trees.info] if self.trees is not None else [])]
 
     def info(self) -> ModelInfo:
         """One line for the whole search (the audit lists each model through `infos`)."""

@@ -360,21 +360,22 @@ class FrameSession:
         """Whether a due keyframe may wait: a still picture outside the tracked crops, every track held."""
         if mthumb is None or self.key_mthumb is None or self.last_key is None or i - self.last_key >= self.static_max:
             return False
-        if len(last) and int(last.min()) < self.last_pushed:  # a track was not found again: look everywhere
+        if not self._tracks_held(last):
             return False
         if changed_outside(self.key_mthumb, mthumb, rects, w, h) >= self.static_diff:
             return False
         self.adaptive_stats["static_deferred"] += 1
         return True
 
+    def _tracks_held(self, last: np.ndarray) -> bool:
+        """Every tracked face was found again on the previous analysed frame (else: look everywhere)."""
+        return not len(last) or int(last.min()) >= self.last_pushed
+
     def _partial_region(self, i: int, mthumb: np.ndarray | None, rects: list[Roi], last: np.ndarray, w: int,
                         h: int) -> Roi | None:
         """The changed box a due keyframe may be limited to (see adaptive.py), or None for a full keyframe."""
-        if not self.partial or mthumb is None or self.key_mthumb is None or self.last_full_key is None:
-            return None
-        if i - self.last_full_key >= self.static_max:
-            return None
-        if len(last) and int(last.min()) < self.last_pushed:  # a track was not found again: look everywhere
+        if (not self.partial or mthumb is None or self.key_mthumb is None or self.last_full_key is None
+                or i - self.last_full_key >= self.static_max or not self._tracks_held(last)):
             return None
         region = changed_region(self.key_mthumb, mthumb, self.static_diff, w, h, self.partial_margin * max(w, h))
         if region is None or roi_cost(rects) + region.cost > self.roi_max_area * w * h:
@@ -400,7 +401,7 @@ class FrameSession:
                 key = not self._static(i, mthumb, rects, last, w, h)
                 if key and (region := self._partial_region(i, mthumb, rects, last, w, h)) is not None:
                     key, partial = False, region
-            if not key and roi_cost(rects) + (partial.cost if partial else 0) > self.roi_max_area * w * h:
+            if not key and partial is None and roi_cost(rects) > self.roi_max_area * w * h:
                 key = True  # the crops would cost about as much as the frame
                 self.adaptive_stats["roi_keyframes"] += 1
         self.adaptive_stats["scene_cuts"] += int(cut)
