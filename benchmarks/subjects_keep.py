@@ -15,6 +15,8 @@ Rule families (each family's parameters tuned inside the folds):
   evidence    + at least n evidence observations in the track before it may be visible
   sharpness   size + only faces with sharpness (anon_core.subjects.embedder.sharpness) >= q count / may be visible
   cohort      evidence + the running mean of (distance to refs - distance to the 5th nearest cohort face) <= m
+  exclusive   sharpness + one person is in a frame once: of a frame's faces with track evidence, only the one
+              whose track is nearest to the references may be visible
 
 Cross-validation: leave one clip out. Fold c tunes on the other 4 clips only (their identities' genuine
 observations, their bystanders and labelled people against the other 4 identities' references): see `tune`.
@@ -43,9 +45,9 @@ from benchmarks.subjects import K, blocks  # noqa: E402
 from benchmarks.subjects_faces import load  # noqa: E402
 
 GRID = {"t": np.round(np.arange(0.40, 0.605, 0.01), 2), "s": (0, 24, 32, 40, 48), "n": (1, 2, 3, 5, 8),
-        "m": (np.inf, 0.18, 0.16, 0.14, 0.12, 0.10, 0.08), "q": (0, 30, 45, 60, 80, 100)}
+        "m": (np.inf, 0.18, 0.16, 0.14, 0.12, 0.10, 0.08), "q": (0, 30, 45, 60, 80, 100), "x": (1,)}
 FAMILIES = {"threshold": ("t",), "size": ("t", "s"), "evidence": ("t", "s", "n"), "sharpness": ("t", "s", "q"),
-            "cohort": ("t", "s", "n", "m")}
+            "cohort": ("t", "s", "n", "m"), "exclusive": ("t", "s", "q", "x")}
 COHORT_K = 5
 COHORT_MIN_SIDE = 32
 CAP = 0.01  # tuning constraint: impostor observations visible, per reference identity
@@ -79,6 +81,8 @@ class Faces:
         rows = [rows[i] for i in idx]
         self.clip = np.array([r["clip"] for r in rows])
         self.frame = np.array([r["frame"] for r in rows])
+        self.frame_key = np.unique(np.char.add(np.char.add(self.clip.astype(str), "/"), self.frame.astype(str)),
+                                   return_inverse=True)[1]
         self.track = np.concatenate([np.full(len(t), j) for j, t in enumerate(self.tracks)])
         gt = np.array([r["gt"] for r in rows], float)
         self.labelled = np.array([gt[self.track == j].mean() > 0.5 for j in range(len(self.tracks))])[self.track]
@@ -138,7 +142,19 @@ def visible(f: Faces, s: str, k: int, p: dict) -> np.ndarray:
     if np.isfinite(p.get("m", np.inf)):
         marg = track_cumsum(np.where(ev, d - np.where(np.isfinite(f.dc), f.dc, 9), 0), f.start) / np.maximum(n, 1)
         ok &= marg <= p["m"]
+    if p.get("x"):
+        ok &= nearest_in_frame(f.frame_key, np.where(n > 0, mean, np.inf))
     return ok
+
+
+def nearest_in_frame(key: np.ndarray, score: np.ndarray) -> np.ndarray:
+    """Per observation: is its (finite) score the smallest of its frame's observations? (ties: the first)."""
+    cand = np.flatnonzero(np.isfinite(score))
+    order = cand[np.argsort(score[cand], kind="stable")]
+    _, first = np.unique(key[order], return_index=True)
+    out = np.zeros(len(score), bool)
+    out[order[first]] = True
+    return out
 
 
 def visible_still(f: Faces, s: str, k: int, p: dict) -> np.ndarray:
@@ -182,7 +198,7 @@ def score(f: Faces, p: dict, ids: list[str], clips: list[str], stills: bool = Fa
 
 def candidates(family: str):
     keys = FAMILIES[family]
-    defaults = {"s": 0, "n": 1, "m": np.inf, "q": 0}
+    defaults = {"s": 0, "n": 1, "m": np.inf, "q": 0, "x": 0}
     for vals in itertools.product(*(GRID[k] for k in keys)):
         yield {**defaults, **dict(zip(keys, (float(v) for v in vals)))}
 

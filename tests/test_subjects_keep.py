@@ -94,3 +94,54 @@ def test_track_is_masked_again_when_later_faces_disagree():
 def test_bad_keep_settings(bad):
     with pytest.raises(ValueError):
         SubjectSettings(keep=["a.jpg"], **bad)
+
+
+SECOND = (230, 30, 290, 90)
+
+
+def test_a_person_stays_visible_once_per_frame():
+    """Two faces that both match one reference person: only the nearer track stays visible (keep_exclusive)."""
+    sess, emb = session("keep")
+    rgb = textured()
+    for _ in range(5):
+        emb.dist = [0.30, 0.45]  # both within keep_threshold: the subject and a lookalike in the crowd
+        masked = sess.select(rgb, faces([SUBJECT, BYSTANDER], [1, 2]))
+        assert [tuple(b) for b in masked.xyxy.astype(int)] == [BYSTANDER]
+    emb.dist = [0.45]  # the lookalike alone in the frame: the ordinary keep rule decides
+    assert len(sess.select(rgb, faces([BYSTANDER], [2]))) == 0
+    sess, emb = session("keep", keep_exclusive=False)
+    emb.dist = [0.30, 0.45]
+    assert len(sess.select(rgb, faces([SUBJECT, BYSTANDER], [1, 2]))) == 0
+
+
+def test_exclusive_counts_each_reference_person_separately():
+    refs = np.zeros((3, 128), np.float32)
+    refs[1, 0], refs[2, 0] = 0.3, 1.5  # photos 0 and 1 show one person, photo 2 another
+    f = SubjectFilter(SubjectSettings(keep=["a.jpg", "b.jpg", "c.jpg"]), refs)
+    assert f.people.tolist() == [0, 0, 1] and f.report()["people"] == 2
+    emb = f._local.embedder = DistanceEmbedder()
+    sess = f.session()
+    emb.dist = [0.1, 1.45, 0.5]  # person 0, person 1, and a second face nearest person 0 (at 0.2)
+    masked = sess.select(textured(), faces([SUBJECT, BYSTANDER, SECOND], [1, 2, 3]))
+    assert [tuple(b) for b in masked.xyxy.astype(int)] == [SECOND]
+
+
+def test_redact_only_masks_every_matching_face():
+    sess, emb = session("redact_only")
+    emb.dist = [0.30, 0.45]  # the subject and their picture on a screen behind them: both masked
+    assert len(sess.select(textured(), faces([SUBJECT, BYSTANDER], [1, 2]))) == 2
+
+
+def test_small_faces_are_enlarged_before_alignment():
+    from anon_core.subjects.embedder import UPSAMPLE_TO, enlarged_face
+
+    img = textured(200, 300)
+    box = np.array([100.0, 50.0, 130.0, 86.0])  # 30 x 36 px
+    crop, b = enlarged_face(img, box, UPSAMPLE_TO)
+    assert min(b[2] - b[0], b[3] - b[1]) == pytest.approx(UPSAMPLE_TO)
+    scale = UPSAMPLE_TO / 30
+    assert crop.shape[0] == pytest.approx(36 * (1 + 2 * 0.6) * scale, abs=2)  # the face and its surroundings
+    assert 0 < b[0] < b[2] < crop.shape[1] and 0 < b[1] < b[3] < crop.shape[0]
+    thin = np.array([10.0, 10.0, 12.0, 190.0])  # 2 x 180: not a face's shape, must not explode the crop
+    crop, _ = enlarged_face(img, thin, UPSAMPLE_TO)
+    assert max(crop.shape[:2]) <= 4 * UPSAMPLE_TO + 1

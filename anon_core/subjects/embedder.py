@@ -1,7 +1,10 @@
 """Face embeddings: dlib's 128-d ResNet (face_recognition_models, CC0) run by dlib (dlib-bin, Boost).
 
 The face boxes come from anon's own detectors; dlib's 5-point shape predictor places the landmarks
-inside each box and `compute_face_descriptor` aligns a 150x150 chip and embeds it. Distances are
+inside each box and `compute_face_descriptor` aligns a 150x150 chip and embeds it. A face smaller than
+`UPSAMPLE_TO` px is first cut out with its surroundings and enlarged (bicubic) so that the predictor sees it
+at that size: on 34-px TV faces its landmarks are placed better there, which moves the subject's own faces
+closer to the references and strangers no closer (benchmarks/subjects_keep.py, RESULTS.md). Distances are
 Euclidean; the model was trained so that one person's faces lie within about 0.6 of each other.
 Weights are read from the installed package only (nothing downloads).
 """
@@ -17,6 +20,8 @@ import numpy as np
 
 MODEL = "dlib_face_recognition_resnet_model_v1"
 PREDICTOR = "shape_predictor_5_face_landmarks"
+UPSAMPLE_TO = 150.0  # px, shorter side; 0: embed every face at its own size
+UPSAMPLE_CONTEXT = 0.6  # margin kept around an enlarged face, as a share of its larger side
 
 
 def model_dir() -> str:
@@ -38,9 +43,10 @@ def weights_sha256() -> str:
 class FaceEmbedder:
     """embed(rgb, boxes) -> (N, 128) float32; one instance per thread (dlib objects are not shared)."""
 
-    def __init__(self) -> None:
+    def __init__(self, upsample_to: float = UPSAMPLE_TO) -> None:
         import dlib
 
+        self.upsample_to = float(upsample_to)
         d = model_dir()
         self._dlib = dlib
         self._sp = dlib.shape_predictor(os.path.join(d, PREDICTOR + ".dat"))
@@ -66,9 +72,28 @@ class FaceEmbedder:
                 if x2 - x1 < 4 or y2 - y1 < 4:
                     out[i] = np.nan  # too small to say anything: never a match
                     continue
-                shape = self._sp(img, self._dlib.rectangle(x1, y1, x2, y2))
-                out[i] = np.asarray(self._net.compute_face_descriptor(img, shape, 0, 0.25), np.float32)
+                small = min(b[2] - b[0], b[3] - b[1]) < self.upsample_to
+                src, box = enlarged_face(img, b, self.upsample_to) if small else (img, b)
+                bx1, by1 = int(max(0, np.floor(box[0]))), int(max(0, np.floor(box[1])))
+                bx2, by2 = int(min(src.shape[1] - 1, np.ceil(box[2]))), int(min(src.shape[0] - 1, np.ceil(box[3])))
+                shape = self._sp(src, self._dlib.rectangle(bx1, by1, bx2, by2))
+                out[i] = np.asarray(self._net.compute_face_descriptor(src, shape, 0, 0.25), np.float32)
         return out
+
+
+def enlarged_face(img: np.ndarray, b: np.ndarray, upsample_to: float) -> tuple[np.ndarray, np.ndarray]:
+    """The face with its surroundings, scaled so that its shorter side is `upsample_to`, and its box there."""
+    import cv2
+
+    h, w = img.shape[:2]
+    m = UPSAMPLE_CONTEXT * max(b[2] - b[0], b[3] - b[1])
+    cx1, cy1 = int(max(0, b[0] - m)), int(max(0, b[1] - m))
+    cx2, cy2 = int(min(w, b[2] + m)), int(min(h, b[3] + m))
+    # a thin box (not a face's shape) must not blow the crop up: at most 4x upsample_to on its long side
+    scale = min(upsample_to / max(1.0, min(b[2] - b[0], b[3] - b[1])), 4 * upsample_to / max(1, cx2 - cx1, cy2 - cy1))
+    size = (max(1, int(round((cx2 - cx1) * scale))), max(1, int(round((cy2 - cy1) * scale))))
+    crop = cv2.resize(img[cy1:cy2, cx1:cx2], size, interpolation=cv2.INTER_CUBIC)
+    return np.ascontiguousarray(crop), (np.asarray(b, np.float64) - np.array([cx1, cy1, cx1, cy1])) * scale
 
 
 def sharpness(rgb: np.ndarray, box) -> float:
@@ -90,9 +115,15 @@ def sharpness(rgb: np.ndarray, box) -> float:
 
 def distances(emb: np.ndarray, refs: np.ndarray) -> np.ndarray:
     """(N,) smallest Euclidean distance of each embedding to any reference (inf for unusable faces)."""
-    if not len(emb):
-        return np.zeros(0, np.float32)
-    if not len(refs):
-        return np.full(len(emb), np.inf, np.float32)
-    d = np.linalg.norm(emb[:, None, :] - refs[None, :, :], axis=-1).min(axis=1)
-    return np.where(np.isfinite(d), d, np.inf).astype(np.float32)
+    return nearest_reference(emb, refs)[0]
+
+
+def nearest_reference(emb: np.ndarray, refs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(N,) smallest Euclidean distance to any reference (inf for unusable faces) and its index (-1 there)."""
+    if not len(emb) or not len(refs):
+        return np.full(len(emb), np.inf, np.float32), np.full(len(emb), -1, np.int64)
+    d = np.linalg.norm(emb[:, None, :] - refs[None, :, :], axis=-1)
+    ok = np.isfinite(d).all(axis=1)
+    idx = np.where(ok, np.argmin(np.where(np.isfinite(d), d, np.inf), axis=1), -1)
+    best = np.where(ok, d[np.arange(len(d)), np.maximum(idx, 0)], np.inf)
+    return best.astype(np.float32), idx.astype(np.int64)

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from anon_core.detections import Detections
-from anon_core.subjects.embedder import FaceEmbedder, distances, sharpness
+from anon_core.subjects.embedder import FaceEmbedder, nearest_reference, sharpness
 from anon_core.subjects.settings import SubjectSettings
 
 log = logging.getLogger(__name__)
@@ -61,6 +61,7 @@ class SubjectFilter:
         self.settings = settings
         self.refs = references
         self.threshold = float(settings.threshold)
+        self.people = reference_people(references, self.threshold)
         self._local = threading.local()  # one embedder per thread (video analyses in its own thread)
 
     @classmethod
@@ -78,8 +79,13 @@ class SubjectFilter:
 
     def match(self, rgb: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(matches, distances) of these face boxes against the references."""
-        d = distances(self.embedder().embed(rgb, boxes), self.refs)
+        d, _ = self.nearest(rgb, boxes)
         return d <= self.threshold, d
+
+    def nearest(self, rgb: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(distance to the nearest reference, that reference's person) per face box."""
+        d, ref = nearest_reference(self.embedder().embed(rgb, boxes), self.refs)
+        return d, np.where(ref >= 0, self.people[np.maximum(ref, 0)], -1)
 
     def apply(self, frames: Sequence[np.ndarray], dets: list[Detections]) -> list[Detections]:
         """Frame by frame, without track evidence (the residual check's second detector)."""
@@ -92,9 +98,26 @@ class SubjectFilter:
         s = self.settings
         out = {"mode": s.mode, "references": len(self.refs), "threshold": self.threshold}
         if s.mode == "keep":
-            out.update(keep_threshold=float(s.keep_threshold), keep_min_face_px=float(s.keep_min_face_px),
+            out.update(people=int(self.people.max()) + 1 if len(self.people) else 0,
+                       keep_exclusive=bool(s.keep_exclusive), keep_threshold=float(s.keep_threshold),
+                       keep_min_face_px=float(s.keep_min_face_px),
                        keep_min_sharpness=float(s.keep_min_sharpness))
         return out
+
+
+def reference_people(refs: np.ndarray, threshold: float) -> np.ndarray:
+    """Person id per reference photo: photos within `threshold` of each other (transitively) are one person."""
+    n = len(refs)
+    person = np.arange(n)
+    if n < 2:
+        return person
+    close = np.linalg.norm(refs[:, None, :] - refs[None, :, :], axis=-1) <= threshold
+    for i in range(n):  # label propagation over the (tiny) reference graph
+        for j in np.flatnonzero(close[i]):
+            a, b = person[i], person[j]
+            if a != b:
+                person[person == max(a, b)] = min(a, b)
+    return np.unique(person, return_inverse=True)[1]
 
 
 class SubjectSession:
@@ -111,7 +134,9 @@ class SubjectSession:
     visible: small and blurred faces drift towards the average face, where strangers match) and the running
     mean of its track's such faces is within `keep_threshold`, stricter than `threshold`
     (benchmarks/subjects_keep.py). The mean is re-checked on every frame, so a track whose later faces
-    disagree is masked again.
+    disagree is masked again. With `keep_exclusive` a person is in a frame once: of the frame's faces whose
+    tracks have evidence for the same reference person, only the nearest may stay visible, so a lookalike in the
+    subject's crowd stays masked while the subject is in the picture.
     """
 
     def __init__(self, f: SubjectFilter) -> None:
@@ -121,33 +146,43 @@ class SubjectSession:
         self.limit = float(s.keep_threshold) if self.keep else f.threshold
         self.min_px = float(s.keep_min_face_px) if self.keep else 0.0
         self.min_sharp = float(s.keep_min_sharpness) if self.keep else 0.0
-        self.tracks: dict[int, list[float]] = {}  # track id -> [sum of distances, frames of evidence]
+        self.exclusive = self.keep and bool(s.keep_exclusive)
+        self.tracks: dict[int, list[float]] = {}  # track id -> [sum of distances, frames of evidence, person]
         self.masked = self.visible = self.undecided = 0
 
     def verdicts(self, rgb: np.ndarray, boxes: np.ndarray, track_ids: np.ndarray | None) -> np.ndarray:
         """Per face: 1 subject, 0 not the subject, -1 undecided."""
-        _, dist = self.filter.match(rgb, boxes)
+        dist, person = self.filter.nearest(rgb, boxes)
         boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
         good = np.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]) >= self.min_px
         if self.min_sharp > 0:
             good &= np.array([sharpness(rgb, b) >= self.min_sharp if ok else False for b, ok in zip(boxes, good)], bool)
         tids = track_ids if track_ids is not None else np.full(len(boxes), -1)
         out = np.full(len(boxes), -1, np.int8)
+        means = np.full(len(boxes), np.inf)
+        who = np.full(len(boxes), -1)
         for i, (tid, d) in enumerate(zip(tids, dist)):
             tid = int(tid)
             usable = bool(np.isfinite(d) and good[i])
             if tid >= 0:
-                st = self.tracks.setdefault(tid, [0.0, 0])
+                st = self.tracks.setdefault(tid, [0.0, 0, -1])
                 if usable:
                     st[0] += float(d)
                     st[1] += 1
-                mean = st[0] / st[1] if st[1] else np.inf
+                    st[2] = int(person[i])
+                mean, who[i] = (st[0] / st[1] if st[1] else np.inf), st[2]
             else:  # a still image (or a frame checked alone): this face is all the evidence there is
-                mean = float(d) if usable else np.inf
+                mean, who[i] = (float(d) if usable else np.inf), (int(person[i]) if usable else -1)
+            means[i] = mean
             if self.keep and not good[i]:
                 out[i] = 0  # too small or blurred to be sure of anyone: never left visible
             elif np.isfinite(mean):
                 out[i] = 1 if mean <= self.limit else 0
+        if self.exclusive:
+            for p in np.unique(who[np.isfinite(means) & (who >= 0)]):
+                rivals = np.flatnonzero((who == p) & np.isfinite(means))
+                best = rivals[np.argmin(means[rivals])]
+                out[rivals[(rivals != best) & (out[rivals] == 1)]] = 0  # a second face of one person: masked
         return out
 
     def select(self, rgb: np.ndarray, dets: Detections) -> Detections:

@@ -11,6 +11,7 @@ DEFAULT_THRESHOLD = 0.6
 KEEP_THRESHOLD = 0.52
 KEEP_MIN_FACE_PX = 24.0
 KEEP_MIN_SHARPNESS = 80.0
+KEEP_EXCLUSIVE = True
 
 
 @dataclass
@@ -22,6 +23,9 @@ class SubjectSettings:
     the face's shorter side >= keep_min_face_px px and its sharpness (embedder.sharpness) >= keep_min_sharpness,
     and the running mean distance of the track's faces that pass both within keep_threshold (stricter than
     threshold: there a false match leaves a stranger visible). Faces that fail are masked in keep mode.
+    keep_exclusive: one person appears in a frame once: of a frame's faces nearest to the same reference person,
+    only the one whose track is nearest to the references may stay visible (reference photos within
+    `threshold` of each other are one person).
     Only one of redact_only / keep may be set. Reference photos must each show one clear face (the largest
     face found is used). Embeddings stay in memory: they are never written to the audit or logs.
     """
@@ -32,6 +36,7 @@ class SubjectSettings:
     keep_threshold: float = KEEP_THRESHOLD
     keep_min_face_px: float = KEEP_MIN_FACE_PX
     keep_min_sharpness: float = KEEP_MIN_SHARPNESS
+    keep_exclusive: bool = KEEP_EXCLUSIVE
     label: str = "face"
 
     def __post_init__(self) -> None:
