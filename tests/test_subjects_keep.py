@@ -100,8 +100,8 @@ SECOND = (230, 30, 290, 90)
 
 
 def test_a_person_stays_visible_once_per_frame():
-    """Two faces that both match one reference person: only the nearer track stays visible (keep_exclusive)."""
-    sess, emb = session("keep")
+    """keep_exclusive: of two faces that both match one reference person only the nearer track stays visible."""
+    sess, emb = session("keep", keep_exclusive=True)
     rgb = textured()
     for _ in range(5):
         emb.dist = [0.30, 0.45]  # both within keep_threshold: the subject and a lookalike in the crowd
@@ -109,7 +109,7 @@ def test_a_person_stays_visible_once_per_frame():
         assert [tuple(b) for b in masked.xyxy.astype(int)] == [BYSTANDER]
     emb.dist = [0.45]  # the lookalike alone in the frame: the ordinary keep rule decides
     assert len(sess.select(rgb, faces([BYSTANDER], [2]))) == 0
-    sess, emb = session("keep", keep_exclusive=False)
+    sess, emb = session("keep")  # off by default: both stay visible
     emb.dist = [0.30, 0.45]
     assert len(sess.select(rgb, faces([SUBJECT, BYSTANDER], [1, 2]))) == 0
 
@@ -117,7 +117,7 @@ def test_a_person_stays_visible_once_per_frame():
 def test_exclusive_counts_each_reference_person_separately():
     refs = np.zeros((3, 128), np.float32)
     refs[1, 0], refs[2, 0] = 0.3, 1.5  # photos 0 and 1 show one person, photo 2 another
-    f = SubjectFilter(SubjectSettings(keep=["a.jpg", "b.jpg", "c.jpg"]), refs)
+    f = SubjectFilter(SubjectSettings(keep=["a.jpg", "b.jpg", "c.jpg"], keep_exclusive=True), refs)
     assert f.people.tolist() == [0, 0, 1] and f.report()["people"] == 2
     emb = f._local.embedder = DistanceEmbedder()
     sess = f.session()

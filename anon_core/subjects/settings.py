@@ -5,13 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 # Calibrated on ../shared/data/face_video by 5-fold cross-validation (benchmarks/subjects.py, RESULTS.md).
-DEFAULT_THRESHOLD = 0.6
+DEFAULT_THRESHOLD = 0.59
 # keep mode (a false match leaves a stranger visible), chosen by leave-one-clip-out CV against bystanders
 # (benchmarks/subjects_keep.py, RESULTS.md "subjects.keep against bystanders")
-KEEP_THRESHOLD = 0.52
+KEEP_THRESHOLD = 0.53
 KEEP_MIN_FACE_PX = 24.0
 KEEP_MIN_SHARPNESS = 80.0
-KEEP_EXCLUSIVE = True
+KEEP_EXCLUSIVE = False  # opt-in: masks look-alikes in the subject's own frames, at a cost to the subject
 
 
 @dataclass
