@@ -67,18 +67,21 @@ class FaceEmbedder:
         out = np.zeros((len(boxes), 128), np.float32)
         with self._lock:
             for i, b in enumerate(np.asarray(boxes, np.float64)):
-                x1, y1 = int(max(0, np.floor(b[0]))), int(max(0, np.floor(b[1])))
-                x2, y2 = int(min(w - 1, np.ceil(b[2]))), int(min(h - 1, np.ceil(b[3])))
+                x1, y1, x2, y2 = pixel_rect(b, w, h)
                 if x2 - x1 < 4 or y2 - y1 < 4:
                     out[i] = np.nan  # too small to say anything: never a match
                     continue
                 small = min(b[2] - b[0], b[3] - b[1]) < self.upsample_to
                 src, box = enlarged_face(img, b, self.upsample_to) if small else (img, b)
-                bx1, by1 = int(max(0, np.floor(box[0]))), int(max(0, np.floor(box[1])))
-                bx2, by2 = int(min(src.shape[1] - 1, np.ceil(box[2]))), int(min(src.shape[0] - 1, np.ceil(box[3])))
-                shape = self._sp(src, self._dlib.rectangle(bx1, by1, bx2, by2))
+                shape = self._sp(src, self._dlib.rectangle(*pixel_rect(box, src.shape[1], src.shape[0])))
                 out[i] = np.asarray(self._net.compute_face_descriptor(src, shape, 0, 0.25), np.float32)
         return out
+
+
+def pixel_rect(b, w: int, h: int) -> tuple[int, int, int, int]:
+    """The box as whole pixels inside a w x h image (outwards, clipped)."""
+    return (int(max(0, np.floor(b[0]))), int(max(0, np.floor(b[1]))),
+            int(min(w - 1, np.ceil(b[2]))), int(min(h - 1, np.ceil(b[3]))))
 
 
 def enlarged_face(img: np.ndarray, b: np.ndarray, upsample_to: float) -> tuple[np.ndarray, np.ndarray]:

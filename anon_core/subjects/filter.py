@@ -107,17 +107,12 @@ class SubjectFilter:
 
 def reference_people(refs: np.ndarray, threshold: float) -> np.ndarray:
     """Person id per reference photo: photos within `threshold` of each other (transitively) are one person."""
-    n = len(refs)
-    person = np.arange(n)
-    if n < 2:
-        return person
+    from scipy.sparse.csgraph import connected_components
+
+    if len(refs) < 2:
+        return np.arange(len(refs))
     close = np.linalg.norm(refs[:, None, :] - refs[None, :, :], axis=-1) <= threshold
-    for i in range(n):  # label propagation over the (tiny) reference graph
-        for j in np.flatnonzero(close[i]):
-            a, b = person[i], person[j]
-            if a != b:
-                person[person == max(a, b)] = min(a, b)
-    return np.unique(person, return_inverse=True)[1]
+    return connected_components(close, directed=False)[1]
 
 
 class SubjectSession:
@@ -147,7 +142,7 @@ class SubjectSession:
         self.min_px = float(s.keep_min_face_px) if self.keep else 0.0
         self.min_sharp = float(s.keep_min_sharpness) if self.keep else 0.0
         self.exclusive = self.keep and bool(s.keep_exclusive)
-        self.tracks: dict[int, list[float]] = {}  # track id -> [sum of distances, frames of evidence, person]
+        self.tracks: dict[int, list] = {}  # track id -> [sum of distances, frames of evidence, person]
         self.masked = self.visible = self.undecided = 0
 
     def verdicts(self, rgb: np.ndarray, boxes: np.ndarray, track_ids: np.ndarray | None) -> np.ndarray:
